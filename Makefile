@@ -1,0 +1,58 @@
+# whatsapp-identity-gateway: every command a developer or CI needs.
+#   make run    start the bundled WhatsApp API emulator and the gateway on loopback
+#   make test   install everything, check, and run every test
+#   make proto  regenerate generated/ from protos/
+#   make check  format, lint, type check, proto lint and the generated-code check
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+NODE_TOOLS := tools/node_modules/.installed
+BUF := tools/node_modules/.bin/buf
+PROTO := whatsapp/identity/v1/identity.proto
+GATEWAY_PORT ?= 50051
+EMULATOR_PORT ?= 9090
+
+.PHONY: run test check proto proto-check lint-proto fmt clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q --upgrade pip
+	$(BIN)/pip install --disable-pip-version-check -q -e '.[dev]'
+	touch $@
+
+$(NODE_TOOLS): tools/package.json tools/package-lock.json
+	cd tools && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+run: $(STAMP)
+	@$(BIN)/python -m gateway.devserver --gateway-port $(GATEWAY_PORT) --emulator-port $(EMULATOR_PORT)
+
+test: check
+	$(BIN)/python -m pytest
+
+check: $(STAMP) $(NODE_TOOLS) proto-check lint-proto
+	$(BIN)/ruff format --check gateway tests
+	$(BIN)/ruff check gateway tests
+	$(BIN)/mypy
+
+fmt: $(STAMP)
+	$(BIN)/ruff format gateway tests
+	$(BIN)/ruff check --fix gateway tests
+
+# generated/ is committed; this rebuilds it with the pinned grpcio-tools.
+proto: $(STAMP)
+	$(BIN)/python tools/genproto.py generated
+
+# Regenerate into a scratch folder and fail on any difference from the committed generated/.
+proto-check: $(STAMP)
+	@rm -rf .proto-check && $(BIN)/python tools/genproto.py .proto-check
+	@diff -r --exclude=__pycache__ generated .proto-check || { echo "generated/ is stale: run 'make proto' and commit"; rm -rf .proto-check; exit 1; }
+	@rm -rf .proto-check && echo "generated/ matches protos/"
+
+lint-proto: $(NODE_TOOLS)
+	$(BUF) lint
+
+clean:
+	rm -rf $(VENV) tools/node_modules .proto-check .mypy_cache .pytest_cache .ruff_cache
