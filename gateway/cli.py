@@ -1,0 +1,233 @@
+"""The ``identity-gateway`` command: ``serve``, ``emulator``, ``get`` and ``ack``.
+
+This is the only module that reads the environment. Every ``serve`` flag can also be set as
+``IDENTITY_GATEWAY_<FLAG_IN_UPPER_SNAKE>``; a flag given on the command line wins. Secrets are
+never flags: the upstream password comes from ``IDENTITY_GATEWAY_UPSTREAM_PASSWORD`` or
+``--upstream-password-file``, a static token from ``IDENTITY_GATEWAY_UPSTREAM_TOKEN`` or
+``--upstream-token-file``.
+
+Bad configuration prints one line on stderr and exits with status 2 before anything listens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import grpc
+
+from gateway import __version__
+from gateway.client import DEFAULT_TARGET, run_ack, run_get
+from gateway.config import ConfigError, GatewayConfig, split_host_port
+from gateway.logs import configure_logging
+
+ENV_PREFIX = "IDENTITY_GATEWAY_"
+EXIT_CONFIG = 2
+DEFAULT_SHUTDOWN_GRACE = 10.0
+
+# serve's settings: (flag, type, default). Each also reads IDENTITY_GATEWAY_<FLAG>.
+_SERVE_SETTINGS: tuple[tuple[str, type, object], ...] = (
+    ("listen", str, "[::]:50051"),
+    ("upstream-url", str, None),
+    ("upstream-username", str, None),
+    ("upstream-password-file", Path, None),
+    ("upstream-token-file", Path, None),
+    ("upstream-ca-file", Path, None),
+    ("upstream-timeout", float, 5.0),
+    ("cache-ttl", float, 30.0),
+    ("cache-max-entries", int, 100_000),
+    ("metrics-listen", str, None),
+    ("log-level", str, "info"),
+    ("shutdown-grace", float, DEFAULT_SHUTDOWN_GRACE),
+)
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def env_name(flag: str) -> str:
+    """``upstream-url`` → ``IDENTITY_GATEWAY_UPSTREAM_URL``."""
+    return ENV_PREFIX + flag.upper().replace("-", "_")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="identity-gateway",
+        description="gRPC gateway over the WhatsApp Business API's contact identity endpoints.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the gateway",
+        description="Run the gateway. Every flag can also be set as IDENTITY_GATEWAY_<FLAG>.",
+    )
+    for flag, kind, default in _SERVE_SETTINGS:
+        serve.add_argument(
+            f"--{flag}",
+            type=kind,
+            default=None,
+            help=f"(env {env_name(flag)}; default {default})",
+        )
+    serve.add_argument(
+        "--upstream-insecure",
+        action="store_true",
+        default=None,
+        help=f"skip TLS verification of the WhatsApp API (env {env_name('upstream-insecure')})",
+    )
+
+    emulator = commands.add_parser("emulator", help="run the bundled WhatsApp API emulator")
+    emulator.add_argument("--listen", default="127.0.0.1:9090", help="HOST:PORT (127.0.0.1:9090)")
+    emulator.add_argument("--username", default="admin", help="login user (admin)")
+    emulator.add_argument(
+        "--token-lifetime", type=float, default=7 * 24 * 3600.0, help="seconds (7 days)"
+    )
+    emulator.add_argument("--tls-cert", type=Path, help="serve HTTPS with this certificate")
+    emulator.add_argument("--tls-key", type=Path, help="the certificate's private key")
+
+    get = commands.add_parser("get", help="read an identity through a running gateway")
+    get.add_argument("wa_id")
+    get.add_argument("--bypass-cache", action="store_true", help="read from WhatsApp")
+    get.add_argument("--target", default=DEFAULT_TARGET, help=f"HOST:PORT ({DEFAULT_TARGET})")
+
+    ack = commands.add_parser("ack", help="acknowledge an identity through a running gateway")
+    ack.add_argument("wa_id")
+    ack.add_argument("hash")
+    ack.add_argument("--target", default=DEFAULT_TARGET, help=f"HOST:PORT ({DEFAULT_TARGET})")
+    return parser
+
+
+def config_from_args(
+    args: argparse.Namespace, environ: Mapping[str, str]
+) -> tuple[GatewayConfig, float]:
+    """The serve configuration from flags, then the environment, then defaults; and the grace."""
+
+    def setting(flag: str, kind: type, default: object) -> object:
+        value = getattr(args, flag.replace("-", "_"))
+        if value is not None:
+            return value
+        raw = environ.get(env_name(flag))
+        if raw is None or raw == "":
+            return default
+        try:
+            return kind(raw)
+        except ValueError:
+            raise ConfigError(f"{env_name(flag)}={raw!r} is not a valid {kind.__name__}") from None
+
+    values = {flag: setting(flag, kind, default) for flag, kind, default in _SERVE_SETTINGS}
+    insecure = args.upstream_insecure
+    if insecure is None:
+        raw = environ.get(env_name("upstream-insecure"), "").strip().lower()
+        if raw not in _TRUE | _FALSE:
+            raise ConfigError(f"{env_name('upstream-insecure')} must be true or false")
+        insecure = raw in _TRUE
+
+    password = _secret(values["upstream-password-file"], environ, "UPSTREAM_PASSWORD")
+    token = _secret(values["upstream-token-file"], environ, "UPSTREAM_TOKEN")
+    if values["upstream-username"] is None:
+        password = None  # a password alone means nothing; token mode ignores it
+    grace = values["shutdown-grace"]
+    assert isinstance(grace, float)
+    if grace < 0:
+        raise ConfigError("--shutdown-grace must be zero or more seconds")
+    config = GatewayConfig(
+        upstream_url=str(values["upstream-url"] or ""),
+        listen=str(values["listen"]),
+        upstream_username=_optional_str(values["upstream-username"]),
+        upstream_password=password,
+        upstream_token=token,
+        upstream_ca_file=_optional_path(values["upstream-ca-file"]),
+        upstream_insecure=bool(insecure),
+        upstream_timeout=float(str(values["upstream-timeout"])),
+        cache_ttl=float(str(values["cache-ttl"])),
+        cache_max_entries=int(str(values["cache-max-entries"])),
+        metrics_listen=_optional_str(values["metrics-listen"]),
+        log_level=str(values["log-level"]).lower(),
+    )
+    return config, grace
+
+
+def _secret(path: object, environ: Mapping[str, str], name: str) -> str | None:
+    """A secret from its file (flag or environment), else from ``IDENTITY_GATEWAY_<name>``."""
+    if isinstance(path, Path):
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as error:
+            reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+            raise ConfigError(f"cannot read the secret file {path}: {reason}") from None
+        if not value:
+            raise ConfigError(f"the secret file {path} is empty")
+        return value
+    return environ.get(ENV_PREFIX + name) or None
+
+
+def _optional_str(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _optional_path(value: object) -> Path | None:
+    return value if isinstance(value, Path) else None
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Entry point of ``identity-gateway`` and ``python -m gateway``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    env = os.environ if environ is None else environ
+    if args.command == "serve":
+        return _serve(args, env)
+    if args.command == "emulator":
+        return _emulator(args, env)
+    with grpc.insecure_channel(args.target) as channel:
+        if args.command == "get":
+            return run_get(
+                channel, args.wa_id, bypass_cache=args.bypass_cache, out=sys.stdout, err=sys.stderr
+            )
+        return run_ack(channel, args.wa_id, args.hash, out=sys.stdout, err=sys.stderr)
+
+
+def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from gateway.server import serve  # grpc.aio and httpx load only for the server
+
+    try:
+        config, grace = config_from_args(args, environ)
+    except ConfigError as error:
+        print(f"identity-gateway: configuration error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(config.log_level)
+    try:
+        asyncio.run(serve(config, shutdown_grace=grace))
+    except OSError as error:
+        print(f"identity-gateway: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _emulator(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from gateway.emulator import run_emulator
+
+    try:
+        host, port = split_host_port(args.listen, "--listen")
+    except ConfigError as error:
+        print(f"identity-gateway emulator: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("identity-gateway emulator: --tls-cert and --tls-key go together", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging("info")
+    password = environ.get(env_name("emulator-password"), "secret")
+    asyncio.run(
+        run_emulator(
+            host,
+            port,
+            username=args.username,
+            password=password,
+            token_lifetime=args.token_lifetime,
+            certfile=str(args.tls_cert) if args.tls_cert else None,
+            keyfile=str(args.tls_key) if args.tls_key else None,
+        )
+    )
+    return 0

@@ -1,0 +1,138 @@
+"""The gateway's configuration: one frozen, validated object built at the edge and passed down.
+
+The command line (:mod:`gateway.cli`) is the only place that reads flags, files and the
+environment; it builds a :class:`GatewayConfig`, whose constructor checks every value, so the
+rest of the gateway never sees a bad setting.
+
+    config = GatewayConfig(upstream_url="http://127.0.0.1:9090", upstream_username="admin",
+                           upstream_password="secret")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import ssl
+import urllib.parse
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A setting is missing, malformed or contradicts another; the message names it."""
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclasses.dataclass(frozen=True)
+class GatewayConfig:
+    """Everything ``identity-gateway serve`` needs, checked when built.
+
+    Secrets (``upstream_password``, ``upstream_token``) are excluded from ``repr`` so the object
+    can be logged safely.
+    """
+
+    upstream_url: str
+    listen: str = "[::]:50051"
+    upstream_username: str | None = None
+    upstream_password: str | None = dataclasses.field(default=None, repr=False)
+    upstream_token: str | None = dataclasses.field(default=None, repr=False)
+    upstream_ca_file: Path | None = None
+    upstream_insecure: bool = False
+    upstream_timeout: float = 5.0
+    cache_ttl: float = 30.0
+    cache_max_entries: int = 100_000
+    metrics_listen: str | None = None
+    log_level: str = "info"
+    upstream_max_connections: int = 100
+
+    def __post_init__(self) -> None:
+        self._check_upstream_url()
+        self._check_credentials()
+        split_host_port(self.listen, "--listen")
+        if self.metrics_listen is not None:
+            split_host_port(self.metrics_listen, "--metrics-listen")
+        if not self.upstream_timeout > 0:
+            raise ConfigError("--upstream-timeout must be a positive number of seconds")
+        if not self.cache_ttl >= 0:
+            raise ConfigError("--cache-ttl must be zero (no caching) or a positive number")
+        if self.cache_max_entries < 1:
+            raise ConfigError("--cache-max-entries must be at least 1")
+        if self.upstream_max_connections < 1:
+            raise ConfigError("upstream max connections must be at least 1")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+        if self.upstream_ca_file is not None:
+            self._check_ca_file(self.upstream_ca_file)
+
+    def _check_upstream_url(self) -> None:
+        if not self.upstream_url:
+            raise ConfigError("--upstream-url is required (or IDENTITY_GATEWAY_UPSTREAM_URL)")
+        url = urllib.parse.urlsplit(self.upstream_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ConfigError("--upstream-url must be an https:// URL with a host")
+        if url.username or url.password or url.query or url.fragment:
+            raise ConfigError("--upstream-url must not carry credentials, a query or a fragment")
+        if url.scheme == "http" and not _is_loopback(url.hostname):
+            raise ConfigError("--upstream-url must use https:// (http:// only for loopback hosts)")
+
+    def _check_credentials(self) -> None:
+        if self.upstream_token is not None and self.upstream_username is not None:
+            raise ConfigError(
+                "give either a static token (--upstream-token-file) or a login "
+                "(--upstream-username), not both"
+            )
+        if self.upstream_token is None and self.upstream_username is None:
+            raise ConfigError(
+                "no upstream credentials: give --upstream-username with "
+                "IDENTITY_GATEWAY_UPSTREAM_PASSWORD, or --upstream-token-file"
+            )
+        if self.upstream_username is not None and not self.upstream_password:
+            raise ConfigError(
+                "--upstream-username needs a password: set IDENTITY_GATEWAY_UPSTREAM_PASSWORD "
+                "or --upstream-password-file"
+            )
+        if self.upstream_token is not None and not _is_header_safe(self.upstream_token):
+            raise ConfigError("the upstream token is empty or holds characters a header cannot")
+        if self.upstream_username is not None and (
+            not self.upstream_username or ":" in self.upstream_username
+        ):
+            raise ConfigError("--upstream-username must be non-empty and hold no ':'")
+
+    @staticmethod
+    def _check_ca_file(path: Path) -> None:
+        try:
+            ssl.create_default_context(cafile=str(path))
+        except (OSError, ssl.SSLError) as error:
+            raise ConfigError(f"--upstream-ca-file {path} is unreadable: {error}") from None
+
+    @property
+    def login_mode(self) -> bool:
+        """True when the gateway logs in with a username and password."""
+        return self.upstream_username is not None
+
+    @property
+    def upstream_host(self) -> str:
+        """The upstream's host, for messages that must not carry the whole URL."""
+        return urllib.parse.urlsplit(self.upstream_url).hostname or ""
+
+
+def split_host_port(address: str, flag: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` into its parts; a ConfigError naming ``flag`` otherwise."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isascii() or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{flag} must be HOST:PORT, got {address!r}")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_header_safe(value: str) -> bool:
+    return bool(value) and value.isascii() and value.isprintable() and value.strip() == value

@@ -1,0 +1,152 @@
+"""Wiring: the ``grpc.aio`` server with the identity service, health, reflection and metrics.
+
+Tests start a real server on port 0 and call it through a real channel::
+
+    async with GatewayServer(config) as gateway:         # listening once entered
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}")
+
+:func:`serve` is what ``identity-gateway serve`` runs: it starts the server, waits for SIGTERM or
+SIGINT, then drains (spec 4.6): health turns NOT_SERVING, new RPCs are refused, in-flight RPCs get
+``shutdown_grace`` seconds to finish, the HTTP client is closed, and it returns normally. A second
+signal cancels what is left at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import exposition
+
+from gateway.cache import IdentityCache
+from gateway.config import GatewayConfig, split_host_port
+from gateway.metrics import Metrics
+from gateway.service import IdentityServicer
+from gateway.upstream import WhatsAppClient
+from whatsapp.identity.v1 import identity_pb2, identity_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME: str = identity_pb2.DESCRIPTOR.services_by_name["IdentityService"].full_name
+# Larger requests than this are refused by gRPC itself; real ones are well under 1 KiB.
+MAX_RECEIVE_MESSAGE_BYTES = 64 * 1024
+
+
+class GatewayServer:
+    """One gateway: its gRPC server, upstream client, cache, health and metrics."""
+
+    def __init__(self, config: GatewayConfig, *, client: WhatsAppClient | None = None) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.client = client or WhatsAppClient.from_config(
+            config, observe=self.metrics.upstream_exchange, on_login=self.metrics.login
+        )
+        self.cache = IdentityCache(
+            config.cache_ttl, config.cache_max_entries, on_evict=self.metrics.cache_evictions.inc
+        )
+        self.health = health.aio.HealthServicer()
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        identity_pb2_grpc.add_IdentityServiceServicer_to_server(
+            IdentityServicer(self.client, self.cache, self.metrics), self._server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
+        self.port = 0
+        self._metrics_server: tuple[object, object] | None = None
+
+    async def start(self) -> int:
+        """Bind and start serving; returns the bound port. Raises OSError if it cannot bind."""
+        try:
+            self.port = self._server.add_insecure_port(self.config.listen)
+        except RuntimeError as error:
+            raise OSError(f"cannot listen on {self.config.listen}: {error}") from None
+        if self.config.metrics_listen is not None:
+            host, port = split_host_port(self.config.metrics_listen, "--metrics-listen")
+            self._metrics_server = exposition.start_http_server(
+                port, addr=host, registry=self.metrics.registry
+            )
+        await self._server.start()
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        return self.port
+
+    async def stop(self, grace: float | None) -> None:
+        """Drain: NOT_SERVING, refuse new RPCs, let in-flight ones finish, then close."""
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+        await self.client.aclose()
+        if self._metrics_server is not None:
+            http_server, thread = self._metrics_server
+            http_server.shutdown()  # type: ignore[attr-defined]
+            thread.join()  # type: ignore[attr-defined]
+            self._metrics_server = None
+
+    async def __aenter__(self) -> GatewayServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop(grace=1.0)
+
+
+async def serve(config: GatewayConfig, *, shutdown_grace: float = 10.0) -> None:
+    """Run the gateway until SIGTERM or SIGINT, then drain for ``shutdown_grace`` seconds."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    gateway = GatewayServer(config)
+    if config.upstream_insecure:
+        log.warning("TLS verification of the WhatsApp API is OFF (--upstream-insecure)")
+    await gateway.start()
+    log.info(
+        "serving",
+        extra={
+            "fields": {
+                "listen": config.listen,
+                "port": gateway.port,
+                "upstream_host": config.upstream_host,
+                "auth": "login" if config.login_mode else "token",
+                "cache_ttl": config.cache_ttl,
+                "metrics_listen": config.metrics_listen,
+            }
+        },
+    )
+    drain: asyncio.Task[None] | None = None
+
+    def on_signal(signum: int) -> None:
+        if not stopping.is_set():
+            log.info("received %s: draining for up to %.1f s", signal.Signals(signum).name, shutdown_grace)
+            stopping.set()
+        elif drain is not None:
+            log.warning("received %s again: stopping now", signal.Signals(signum).name)
+            drain.cancel()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await stopping.wait()
+        drain = asyncio.ensure_future(gateway.stop(shutdown_grace))
+        try:
+            await drain
+        except asyncio.CancelledError:
+            await gateway.stop(0)  # the second signal: cancel whatever is still running
+        log.info("stopped")
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)

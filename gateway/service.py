@@ -1,0 +1,233 @@
+"""The ``IdentityService`` servicer: RPC in → validate → cache / single flight → upstream → RPC out.
+
+This is the one boundary where failures become gRPC statuses: every handler runs inside
+:meth:`IdentityServicer._handle`, which turns a :class:`~gateway.errors.GatewayError` into its
+rich status (via :func:`gateway.errors.to_status`) and anything unexpected into a generic
+``INTERNAL`` / ``GATEWAY_INTERNAL`` for the caller and a full traceback in the log. It also
+records each RPC's metrics and its one log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import timestamp_pb2
+from grpc_status import rpc_status
+
+from gateway.cache import IdentityCache, SingleFlight
+from gateway.deadline import caller_deadline
+from gateway.errors import Operation, Reason, UpstreamStatusError, rule_for, to_status
+from gateway.logs import mask_wa_id
+from gateway.metrics import Metrics
+from gateway.parse import UpstreamIdentity
+from gateway.upstream import TRACE_HEADERS, WhatsAppClient
+from gateway.validation import normalize_wa_id, validate_acknowledge
+from whatsapp.identity.v1 import identity_pb2, identity_pb2_grpc
+
+log = logging.getLogger(__name__)
+rpc_log = logging.getLogger("gateway.rpc")
+
+_TRACE_HEADER_SET = frozenset(TRACE_HEADERS)
+_ACK_RESPONSE = identity_pb2.AcknowledgeIdentityResponse()
+
+Fetched = tuple[UpstreamIdentity, float]
+
+
+class RpcRecord:
+    """What one RPC did, filled in as it runs, for its log line and metrics."""
+
+    __slots__ = ("cache", "request_id", "trace", "upstream_status", "wa_id")
+
+    def __init__(self, metadata: Any) -> None:
+        self.trace: dict[str, str] = {}
+        for key, value in metadata or ():
+            if key in _TRACE_HEADER_SET and isinstance(value, str):
+                self.trace[key] = value
+        # Every upstream request and log line of this RPC carries a request id.
+        self.request_id = self.trace.setdefault("x-request-id", uuid.uuid4().hex)
+        self.cache: str | None = None
+        self.upstream_status: int | None = None
+        self.wa_id: str | None = None
+
+
+class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
+    """Serves GetIdentity and AcknowledgeIdentity from the cache and the WhatsApp API."""
+
+    def __init__(self, client: WhatsAppClient, cache: IdentityCache, metrics: Metrics) -> None:
+        self._client = client
+        self._cache = cache
+        self._metrics = metrics
+        self._flights: SingleFlight[Fetched] = SingleFlight()
+
+    async def GetIdentity(
+        self, request: identity_pb2.GetIdentityRequest, context: grpc.aio.ServicerContext
+    ) -> identity_pb2.GetIdentityResponse:
+        return await self._handle(Operation.GET, self._get_identity, request, context)
+
+    async def AcknowledgeIdentity(
+        self, request: identity_pb2.AcknowledgeIdentityRequest, context: grpc.aio.ServicerContext
+    ) -> identity_pb2.AcknowledgeIdentityResponse:
+        return await self._handle(Operation.ACKNOWLEDGE, self._acknowledge, request, context)
+
+    # ------------------------------------------------------------------ the two operations
+
+    async def _get_identity(
+        self,
+        request: identity_pb2.GetIdentityRequest,
+        context: grpc.aio.ServicerContext,
+        record: RpcRecord,
+    ) -> identity_pb2.GetIdentityResponse:
+        wa_id = record.wa_id = normalize_wa_id(request.wa_id)
+        if request.bypass_cache:
+            record.cache = "bypass"
+            self._metrics.cache_bypasses.inc()
+            async with caller_deadline(context.time_remaining()):
+                identity, fetched_at = await self._fetch(wa_id, record)
+            return _response(wa_id, identity, fetched_at, cache_hit=False)
+        entry = self._cache.get_fresh(wa_id)
+        if entry is not None:
+            record.cache = "hit"
+            self._metrics.cache_hits.inc()
+            return _response(wa_id, entry, entry.fetched_at, cache_hit=True)
+        record.cache = "miss"
+        self._metrics.cache_misses.inc()
+        # The shared read is bounded by --upstream-timeout only; each caller stops waiting at
+        # its own deadline, and the read is abandoned when the last caller has gone.
+        async with caller_deadline(context.time_remaining()):
+            (identity, fetched_at), joined = await self._flights.run(
+                wa_id, lambda: self._fetch(wa_id, record)
+            )
+        if joined:
+            record.cache = "joined"
+            self._metrics.singleflight_joins.inc()
+        return _response(wa_id, identity, fetched_at, cache_hit=False)
+
+    async def _fetch(self, wa_id: str, record: RpcRecord) -> Fetched:
+        try:
+            identity = await self._client.get_identity(
+                wa_id, time_remaining=None, trace=record.trace
+            )
+        except UpstreamStatusError as error:
+            if rule_for(error, Operation.GET).reason is Reason.CONTACT_NOT_FOUND:
+                self._cache.invalidate(wa_id)
+            raise
+        record.upstream_status = 200
+        fetched_at = time.time()
+        self._cache.put(wa_id, identity, fetched_at)
+        self._metrics.cache_entries.set(len(self._cache))
+        return identity, fetched_at
+
+    async def _acknowledge(
+        self,
+        request: identity_pb2.AcknowledgeIdentityRequest,
+        context: grpc.aio.ServicerContext,
+        record: RpcRecord,
+    ) -> identity_pb2.AcknowledgeIdentityResponse:
+        wa_id = record.wa_id = validate_acknowledge(request.wa_id, request.hash)
+        try:
+            record.upstream_status = await self._client.acknowledge(
+                wa_id, request.hash, time_remaining=context.time_remaining(), trace=record.trace
+            )
+        except UpstreamStatusError as error:
+            # The cached hash may be the stale one the caller sent: make the next read fresh.
+            if rule_for(error, Operation.ACKNOWLEDGE).reason in (
+                Reason.HASH_MISMATCH,
+                Reason.CONTACT_NOT_FOUND,
+            ):
+                self._cache.invalidate(wa_id)
+            raise
+        self._cache.record_acknowledged(wa_id, request.hash)
+        return _ACK_RESPONSE
+
+    # ------------------------------------------------------------------ the boundary
+
+    async def _handle(
+        self,
+        operation: Operation,
+        handler: Callable[[Any, grpc.aio.ServicerContext, RpcRecord], Awaitable[Any]],
+        request: Any,
+        context: grpc.aio.ServicerContext,
+    ) -> Any:
+        method = operation.value
+        started = time.perf_counter()
+        self._metrics.rpc_started(method)
+        record = RpcRecord(context.invocation_metadata())
+        code = grpc.StatusCode.OK
+        reason = None
+        try:
+            return await handler(request, context, record)
+        except Exception as error:  # the one place every failure becomes a status
+            status = to_status(error, operation)
+            code = _CODES[status.code]
+            reason = rule_for(error, operation).reason
+            if isinstance(error, UpstreamStatusError):
+                record.upstream_status = error.status
+            if reason is Reason.GATEWAY_INTERNAL:
+                log.error(
+                    "unexpected error in %s",
+                    method,
+                    exc_info=error,
+                    extra={"fields": {"request_id": record.request_id}},
+                )
+            await context.abort_with_status(rpc_status.to_status(status))
+            raise AssertionError("abort_with_status returned") from None  # pragma: no cover
+        except BaseException:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            self._metrics.rpc_handled(method, code, elapsed)
+            if rpc_log.isEnabledFor(logging.INFO):
+                _log_rpc(method, code, reason, elapsed, record)
+
+
+def _log_rpc(
+    method: str, code: grpc.StatusCode, reason: Reason | None, elapsed: float, record: RpcRecord
+) -> None:
+    rpc_log.info(
+        "%s %s",
+        method,
+        code.name,
+        extra={
+            "fields": {
+                "method": method,
+                "code": code.name,
+                "reason": reason.value if reason else None,
+                "latency_ms": round(elapsed * 1000, 3),
+                "cache": record.cache,
+                "upstream_status": record.upstream_status,
+                "request_id": record.request_id,
+                "wa_id": mask_wa_id(record.wa_id) if record.wa_id else None,
+            }
+        },
+    )
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _response(
+    wa_id: str, identity: Any, fetched_at: float, *, cache_hit: bool
+) -> identity_pb2.GetIdentityResponse:
+    """The answer for ``identity`` (an UpstreamIdentity or a cache entry of the same fields)."""
+    create_ms: int = identity.create_time_ms
+    fetched_ns = int(fetched_at * 1e9)
+    return identity_pb2.GetIdentityResponse(
+        identity=identity_pb2.Identity(
+            wa_id=wa_id,
+            hash=identity.hash,
+            create_time=timestamp_pb2.Timestamp(
+                seconds=create_ms // 1000, nanos=(create_ms % 1000) * 1_000_000
+            ),
+            acknowledged=identity.acknowledged,
+        ),
+        cache_hit=cache_hit,
+        fetch_time=timestamp_pb2.Timestamp(
+            seconds=fetched_ns // 1_000_000_000, nanos=fetched_ns % 1_000_000_000
+        ),
+    )
