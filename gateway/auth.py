@@ -12,6 +12,7 @@ fails fast meanwhile, because repeated failed logins lock WhatsApp accounts (cod
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import random
@@ -119,10 +120,8 @@ class LoginSession:
     async def aclose(self) -> None:
         if self._task is not None and not self._task.done():
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, UpstreamError):
                 await self._task
-            except (asyncio.CancelledError, UpstreamError):
-                pass
 
     async def _wait_for_login(self) -> str:
         if (self._task is None or self._task.done()) and self._clock() < self._retry_at:
@@ -169,9 +168,7 @@ class LoginSession:
         self._retry_at = self._clock() + delay
         self._last_error = error
         hint = _operator_hint(error)
-        log.error(
-            "login to WhatsApp failed (%s); %s; next attempt in %.1f s", error, hint, delay
-        )
+        log.error("login to WhatsApp failed (%s); %s; next attempt in %.1f s", error, hint, delay)
         if self._on_login is not None:
             self._on_login("failure")
 
@@ -181,7 +178,10 @@ def _operator_hint(error: UpstreamError) -> str:
     if not isinstance(error, UpstreamStatusError):
         return "WhatsApp is unreachable or did not answer properly"
     if error.whatsapp_code == 1024:
-        return "WhatsApp requires a password change for this user: change it, then update the gateway's password"
+        return (
+            "WhatsApp requires a password change for this user: change it, then update the "
+            "gateway's password"
+        )
     if error.whatsapp_code == 1031:
         return "WhatsApp has locked this account after failed logins"
     if error.status in (401, 403):

@@ -28,9 +28,7 @@ class CachedIdentity:
 
     __slots__ = ("acknowledged", "create_time_ms", "expires_at", "fetched_at", "hash")
 
-    def __init__(
-        self, identity: UpstreamIdentity, fetched_at: float, expires_at: float
-    ) -> None:
+    def __init__(self, identity: UpstreamIdentity, fetched_at: float, expires_at: float) -> None:
         self.hash = identity.hash
         self.create_time_ms = identity.create_time_ms
         self.acknowledged = identity.acknowledged

@@ -17,6 +17,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 import grpc
 
@@ -53,13 +54,32 @@ def env_name(flag: str) -> str:
     return ENV_PREFIX + flag.upper().replace("-", "_")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, and no abbreviated flags: an abbreviation would let
+    ``--upstream-password SECRET`` pass for ``--upstream-password-file`` and echo the secret."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):
+            # Name the unknown flags only: the values after them may be secrets.
+            flags = [w.split("=", 1)[0] for w in message[len(prefix) :].split() if w[:1] == "-"]
+            message = prefix + (" ".join(flags) or "(values not shown)")
+        self.exit(EXIT_CONFIG, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="identity-gateway",
         description="gRPC gateway over the WhatsApp Business API's contact identity endpoints.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
 
     serve = commands.add_parser(
         "serve",
@@ -155,11 +175,12 @@ def _secret(path: object, environ: Mapping[str, str], name: str) -> str | None:
     """A secret from its file (flag or environment), else from ``IDENTITY_GATEWAY_<name>``."""
     if isinstance(path, Path):
         try:
-            value = path.read_text(encoding="utf-8").strip()
+            # Only the line ending an editor adds: spaces may be part of a password.
+            value = path.read_text(encoding="utf-8").rstrip("\r\n")
         except (OSError, UnicodeDecodeError) as error:
             reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
             raise ConfigError(f"cannot read the secret file {path}: {reason}") from None
-        if not value:
+        if not value.strip():
             raise ConfigError(f"the secret file {path} is empty")
         return value
     return environ.get(ENV_PREFIX + name) or None

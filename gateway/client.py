@@ -18,9 +18,9 @@ from typing import IO, Any
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-
 from whatsapp.identity.v1 import identity_pb2, identity_pb2_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -64,7 +64,14 @@ def _call(method: Any, request: Any, *, out: IO[str], err: IO[str], timeout: flo
         err.write(json.dumps(describe_error(error), indent=2) + "\n")
         return 1
     out.write(
-        json.dumps(json_format.MessageToDict(response, preserving_proto_field_name=True), indent=2)
+        json.dumps(
+            json_format.MessageToDict(
+                response,
+                preserving_proto_field_name=True,
+                always_print_fields_with_no_presence=True,
+            ),
+            indent=2,
+        )
         + "\n"
     )
     return 0
@@ -74,7 +81,13 @@ def describe_error(error: grpc.RpcError) -> dict[str, Any]:
     """An RPC error as a JSON-ready dict: code, message, and each rich-status detail decoded."""
     call: Any = error  # a grpc.Call as well, for every error a stub raises
     described: dict[str, Any] = {"code": call.code().name, "message": call.details() or ""}
-    status = rpc_status.from_call(call)
+    try:
+        status = rpc_status.from_call(call)
+    except (ValueError, DecodeError):
+        # Details that disagree with the call (a proxy rewrote it) or do not decode: show the
+        # code and message, which are still true.
+        described["details_error"] = "grpc-status-details-bin is inconsistent or undecodable"
+        return described
     if status is None:
         return described
     details: list[dict[str, Any]] = []
@@ -87,7 +100,9 @@ def describe_error(error: grpc.RpcError) -> dict[str, Any]:
             if detail.Is(kind.DESCRIPTOR):
                 message = kind()
                 detail.Unpack(message)
-                details.append({"@type": kind.DESCRIPTOR.full_name, **json_format.MessageToDict(message)})
+                details.append(
+                    {"@type": kind.DESCRIPTOR.full_name, **json_format.MessageToDict(message)}
+                )
                 break
         else:
             details.append({"@type": detail.type_url})

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import ssl
 import urllib.parse
 from pathlib import Path
@@ -52,9 +53,9 @@ class GatewayConfig:
         split_host_port(self.listen, "--listen")
         if self.metrics_listen is not None:
             split_host_port(self.metrics_listen, "--metrics-listen")
-        if not self.upstream_timeout > 0:
+        if not 0 < self.upstream_timeout < math.inf:
             raise ConfigError("--upstream-timeout must be a positive number of seconds")
-        if not self.cache_ttl >= 0:
+        if not 0 <= self.cache_ttl < math.inf:
             raise ConfigError("--cache-ttl must be zero (no caching) or a positive number")
         if self.cache_max_entries < 1:
             raise ConfigError("--cache-max-entries must be at least 1")
@@ -71,6 +72,10 @@ class GatewayConfig:
         url = urllib.parse.urlsplit(self.upstream_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ConfigError("--upstream-url must be an https:// URL with a host")
+        try:
+            url.port  # noqa: B018 (parsing the port is the check)
+        except ValueError:
+            raise ConfigError("--upstream-url has an invalid port") from None
         if url.username or url.password or url.query or url.fragment:
             raise ConfigError("--upstream-url must not carry credentials, a query or a fragment")
         if url.scheme == "http" and not _is_loopback(url.hostname):

@@ -1,7 +1,7 @@
 """Bounding work by a gRPC caller's remaining deadline.
 
-    async with caller_deadline(context.time_remaining()):   # None: the caller set no deadline
-        await work()                                       # DeadlineExceeded when it runs out
+async with caller_deadline(context.time_remaining()):   # None: the caller set no deadline
+    await work()                                       # DeadlineExceeded when it runs out
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ DOMAIN = "identity-gateway.whatsapp"
 
 # How long a caller should wait when WhatsApp asks to slow down but says not for how long.
 DEFAULT_RETRY_DELAY = 1.0
+_MAX_RETRY_DELAY = 24 * 3600.0
 # WhatsApp's error titles may reach callers; anything longer or stranger is cut.
 _MAX_TITLE_LENGTH = 120
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
@@ -243,7 +244,9 @@ def to_status(error: BaseException, operation: Operation) -> status_pb2.Status:
         metadata["upstreamStatus"] = str(error.status)
         if error.whatsapp_code is not None:
             metadata["whatsappCode"] = str(error.whatsapp_code)
-    details.append(_pack(error_details_pb2.ErrorInfo(reason=rule.reason, domain=DOMAIN, metadata=metadata)))
+    details.append(
+        _pack(error_details_pb2.ErrorInfo(reason=rule.reason, domain=DOMAIN, metadata=metadata))
+    )
     if isinstance(error, InvalidArgument):
         message = str(error)
         details.append(_pack(_bad_request(error.violations)))
@@ -291,8 +294,10 @@ def _bad_request(violations: list[FieldViolation]) -> error_details_pb2.BadReque
 
 
 def _retry_info(seconds: float) -> error_details_pb2.RetryInfo:
+    if not 0.0 <= seconds <= _MAX_RETRY_DELAY:  # also false for NaN
+        seconds = _MAX_RETRY_DELAY if seconds > _MAX_RETRY_DELAY else DEFAULT_RETRY_DELAY
     delay = duration_pb2.Duration()
-    delay.FromNanoseconds(int(max(seconds, 0.0) * 1e9))
+    delay.FromNanoseconds(int(seconds * 1e9))
     return error_details_pb2.RetryInfo(retry_delay=delay)
 
 

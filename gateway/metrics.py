@@ -89,12 +89,8 @@ class Metrics:
             registry=r,
         )
         # Bind the hot path's children once instead of looking labels up on every RPC.
-        self._started_by_method = {
-            m: self._started.labels("unary", SERVICE, m) for m in METHODS
-        }
-        self._handling_by_method = {
-            m: self._handling.labels("unary", SERVICE, m) for m in METHODS
-        }
+        self._started_by_method = {m: self._started.labels("unary", SERVICE, m) for m in METHODS}
+        self._handling_by_method = {m: self._handling.labels("unary", SERVICE, m) for m in METHODS}
         self._handled_children: dict[tuple[str, grpc.StatusCode], Counter] = {}
         for method in METHODS:
             for code in (grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND):

@@ -50,10 +50,16 @@ _MAX_HASH_LENGTH = 512
 _MAX_TIMESTAMP_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
 
 
+# Python's int() refuses longer digit strings anyway; no timestamp or delay needs more.
+_MAX_DIGITS = 20
+# A day: no sane Retry-After asks for more, and a caller should not be told to wait longer.
+_MAX_RETRY_AFTER = 24 * 3600.0
+
+
 def _load_json(body: bytes) -> Any:
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         raise UpstreamBadResponse("body is not JSON") from None
 
 
@@ -79,7 +85,18 @@ def parse_identity(body: bytes) -> UpstreamIdentity:
 def _parse_hash(value: Any) -> str:
     if not isinstance(value, str) or not value or len(value) > _MAX_HASH_LENGTH:
         raise UpstreamBadResponse("hash is missing or not a string")
+    # Opaque, but it travels in a protobuf string: printable, encodable text only.
+    if not value.isprintable() or not _encodable(value):
+        raise UpstreamBadResponse("hash holds unprintable characters")
     return value
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates, which JSON can carry
+        return False
+    return True
 
 
 def _parse_timestamp_ms(value: Any) -> int:
@@ -87,6 +104,8 @@ def _parse_timestamp_ms(value: Any) -> int:
     if isinstance(value, bool):
         raise UpstreamBadResponse("created_timestamp is not a number")
     if isinstance(value, str) and value.isascii() and value.isdigit():
+        if len(value) > _MAX_DIGITS:
+            raise UpstreamBadResponse("created_timestamp is out of range")
         value = int(value)
     if not isinstance(value, int) or not 0 <= value <= _MAX_TIMESTAMP_MS:
         raise UpstreamBadResponse("created_timestamp is missing or not epoch milliseconds")
@@ -134,18 +153,18 @@ def parse_expires_after(value: Any) -> dt.datetime:
         raise UpstreamBadResponse("login answer has no expires_after")
     try:
         moment = dt.datetime.fromisoformat(value.strip())
-    except ValueError:
+        if moment.tzinfo is None:  # no offset given: WhatsApp's clocks are UTC
+            moment = moment.replace(tzinfo=dt.UTC)
+        return moment.astimezone(dt.UTC)
+    except (ValueError, OverflowError):  # OverflowError: an offset past year 1 or 9999
         raise UpstreamBadResponse("expires_after is not a date and time") from None
-    if moment.tzinfo is None:  # no offset given: WhatsApp's clocks are UTC
-        moment = moment.replace(tzinfo=dt.UTC)
-    return moment.astimezone(dt.UTC)
 
 
 def parse_error_body(body: bytes) -> UpstreamErrorBody:
     """The first error of a WhatsApp error envelope; empty for HTML, empty or foreign bodies."""
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         return UpstreamErrorBody()
     errors = document.get("errors") if isinstance(document, dict) else None
     if not isinstance(errors, list) or not errors or not isinstance(errors[0], dict):
@@ -165,12 +184,12 @@ def parse_retry_after(value: str | None, *, now: dt.datetime | None = None) -> f
         return None
     value = value.strip()
     if value.isascii() and value.isdigit():
-        return float(min(int(value), 24 * 3600))
+        return _MAX_RETRY_AFTER if len(value) > _MAX_DIGITS else min(float(value), _MAX_RETRY_AFTER)
     try:
         moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.UTC)
+        delta = (moment - (now or dt.datetime.now(dt.UTC))).total_seconds()
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    delta = (moment - (now or dt.datetime.now(dt.UTC))).total_seconds()
-    return min(max(delta, 0.0), 24 * 3600.0)
+    return min(max(delta, 0.0), _MAX_RETRY_AFTER)

@@ -22,13 +22,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import exposition
+from whatsapp.identity.v1 import identity_pb2, identity_pb2_grpc
 
 from gateway.cache import IdentityCache
 from gateway.config import GatewayConfig, split_host_port
 from gateway.metrics import Metrics
 from gateway.service import IdentityServicer
 from gateway.upstream import WhatsAppClient
-from whatsapp.identity.v1 import identity_pb2, identity_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,11 @@ async def serve(config: GatewayConfig, *, shutdown_grace: float = 10.0) -> None:
 
     def on_signal(signum: int) -> None:
         if not stopping.is_set():
-            log.info("received %s: draining for up to %.1f s", signal.Signals(signum).name, shutdown_grace)
+            log.info(
+                "received %s: draining for up to %.1f s",
+                signal.Signals(signum).name,
+                shutdown_grace,
+            )
             stopping.set()
         elif drain is not None:
             log.warning("received %s again: stopping now", signal.Signals(signum).name)

@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 from google.protobuf import timestamp_pb2
 from grpc_status import rpc_status
+from whatsapp.identity.v1 import identity_pb2, identity_pb2_grpc
 
 from gateway.cache import IdentityCache, SingleFlight
 from gateway.deadline import caller_deadline
@@ -27,7 +28,6 @@ from gateway.metrics import Metrics
 from gateway.parse import UpstreamIdentity
 from gateway.upstream import TRACE_HEADERS, WhatsAppClient
 from gateway.validation import normalize_wa_id, validate_acknowledge
-from whatsapp.identity.v1 import identity_pb2, identity_pb2_grpc
 
 log = logging.getLogger(__name__)
 rpc_log = logging.getLogger("gateway.rpc")

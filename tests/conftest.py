@@ -1,9 +1,9 @@
 """Shared fixtures: the emulator and the gateway as real servers on loopback sockets.
 
-    async def test_something(emulator: RunningEmulator, gateway: Gateway) -> None:
-        emulator.state.set_identity("16315551234", "UKD6Y/5SqDU=")
-        outcome = await gateway.get("16315551234")
-        assert outcome.ok
+async def test_something(emulator: RunningEmulator, gateway: Gateway) -> None:
+    emulator.state.set_identity("16315551234", "UKD6Y/5SqDU=")
+    outcome = await gateway.get("16315551234")
+    assert outcome.ok
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from whatsapp.identity.v1 import identity_pb2, identity_pb2_grpc
 
 from gateway.config import GatewayConfig
 from gateway.emulator import RunningEmulator
 from gateway.server import GatewayServer
-from whatsapp.identity.v1 import identity_pb2, identity_pb2_grpc
 
 _serial = itertools.count(1)
 
@@ -45,13 +45,12 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
-        return self.code == grpc.StatusCode.OK
+        return bool(self.code == grpc.StatusCode.OK)
 
     @property
     def reason(self) -> str:
         assert len(self.error_infos) == 1, f"expected one ErrorInfo: {self}"
-        reason: str = self.error_infos[0].reason
-        return reason
+        return str(self.error_infos[0].reason)
 
     @property
     def metadata(self) -> dict[str, str]:
@@ -102,7 +101,12 @@ class Gateway:
         self.stub = identity_pb2_grpc.IdentityServiceStub(channel)
 
     async def get(
-        self, wa_id: str, *, bypass_cache: bool = False, timeout: float = 5.0, metadata: Sequence[Any] = ()
+        self,
+        wa_id: str,
+        *,
+        bypass_cache: bool = False,
+        timeout: float = 5.0,
+        metadata: Sequence[Any] = (),
     ) -> Outcome:
         request = identity_pb2.GetIdentityRequest(wa_id=wa_id, bypass_cache=bypass_cache)
         return await call(self.stub.GetIdentity, request, timeout=timeout, metadata=metadata)
@@ -138,9 +142,11 @@ def gateway_factory(emulator: RunningEmulator) -> GatewayFactory:
             "upstream_password": "secret",
         }
         settings.update(overrides)
-        async with GatewayServer(GatewayConfig(**settings)) as server:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-                yield Gateway(server, channel)
+        async with (
+            GatewayServer(GatewayConfig(**settings)) as server,
+            grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+        ):
+            yield Gateway(server, channel)
 
     return start
 

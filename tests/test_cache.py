@@ -108,8 +108,9 @@ async def test_different_keys_do_not_share() -> None:
         await asyncio.sleep(0)
         return key
 
-    results = await asyncio.gather(flights.run("a", lambda: work_for("a")),
-                                   flights.run("b", lambda: work_for("b")))
+    results = await asyncio.gather(
+        flights.run("a", lambda: work_for("a")), flights.run("b", lambda: work_for("b"))
+    )
     assert [value for value, _ in results] == ["a", "b"]
     assert [joined for _, joined in results] == [False, False]
 

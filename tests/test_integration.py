@@ -41,7 +41,8 @@ async def test_a_read_goes_upstream_once_then_is_served_from_the_cache(
     first = await gateway.get("+" + wa_id)
     second = await gateway.get(wa_id)
 
-    assert first.ok and second.ok, (first, second)
+    assert first.ok, first
+    assert second.ok, second
     identity = first.response.identity
     assert (identity.wa_id, identity.hash, identity.acknowledged) == (wa_id, HASH, False)
     assert identity.create_time.ToMilliseconds() == CREATED_MS
