@@ -10,6 +10,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_TOOLS := tools/node_modules/.installed
 BUF := tools/node_modules/.bin/buf
+NODE_CLIENT := clients/node/node_modules/.installed
 PROTO := whatsapp/identity/v1/identity.proto
 GATEWAY_PORT ?= 50051
 EMULATOR_PORT ?= 9090
@@ -26,10 +27,15 @@ $(NODE_TOOLS): tools/package.json tools/package-lock.json
 	cd tools && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# The Node.js client's packages, for tests/test_node_client.py.
+$(NODE_CLIENT): clients/node/package.json clients/node/package-lock.json
+	cd clients/node && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 run: $(STAMP)
 	@$(BIN)/python -m gateway.devserver --gateway-port $(GATEWAY_PORT) --emulator-port $(EMULATOR_PORT)
 
-test: check
+test: check $(NODE_CLIENT)
 	$(BIN)/python -m pytest
 
 check: $(STAMP) $(NODE_TOOLS) proto-check lint-proto
@@ -55,4 +61,4 @@ lint-proto: $(NODE_TOOLS)
 	$(BUF) lint
 
 clean:
-	rm -rf $(VENV) tools/node_modules .proto-check .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) tools/node_modules clients/node/node_modules .proto-check .mypy_cache .pytest_cache .ruff_cache

@@ -28,10 +28,10 @@ from gateway.logs import configure_logging
 
 ENV_PREFIX = "IDENTITY_GATEWAY_"
 EXIT_CONFIG = 2
-DEFAULT_SHUTDOWN_GRACE = 10.0
 
-# serve's settings: (flag, type, default). Each also reads IDENTITY_GATEWAY_<FLAG>.
-_SERVE_SETTINGS: tuple[tuple[str, type, object], ...] = (
+# serve's settings: (flag, type, default). Each also reads IDENTITY_GATEWAY_<FLAG>. Booleans are
+# --flag / --no-flag on the command line and true/false in the environment.
+SERVE_SETTINGS: tuple[tuple[str, type, object], ...] = (
     ("listen", str, "[::]:50051"),
     ("upstream-url", str, None),
     ("upstream-username", str, None),
@@ -43,7 +43,9 @@ _SERVE_SETTINGS: tuple[tuple[str, type, object], ...] = (
     ("cache-max-entries", int, 100_000),
     ("metrics-listen", str, None),
     ("log-level", str, "info"),
-    ("shutdown-grace", float, DEFAULT_SHUTDOWN_GRACE),
+    ("shutdown-grace", float, 10.0),
+    ("upstream-insecure", bool, False),
+    ("reflection", bool, True),
 )
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -86,19 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the gateway",
         description="Run the gateway. Every flag can also be set as IDENTITY_GATEWAY_<FLAG>.",
     )
-    for flag, kind, default in _SERVE_SETTINGS:
-        serve.add_argument(
-            f"--{flag}",
-            type=kind,
-            default=None,
-            help=f"(env {env_name(flag)}; default {default})",
-        )
-    serve.add_argument(
-        "--upstream-insecure",
-        action="store_true",
-        default=None,
-        help=f"skip TLS verification of the WhatsApp API (env {env_name('upstream-insecure')})",
-    )
+    for flag, kind, default in SERVE_SETTINGS:
+        help_text = f"(env {env_name(flag)}; default {default})"
+        if kind is bool:
+            serve.add_argument(
+                f"--{flag}", action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        else:
+            serve.add_argument(f"--{flag}", type=kind, default=None, help=help_text)
 
     emulator = commands.add_parser("emulator", help="run the bundled WhatsApp API emulator")
     emulator.add_argument("--listen", default="127.0.0.1:9090", help="HOST:PORT (127.0.0.1:9090)")
@@ -121,10 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(
-    args: argparse.Namespace, environ: Mapping[str, str]
-) -> tuple[GatewayConfig, float]:
-    """The serve configuration from flags, then the environment, then defaults; and the grace."""
+def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> GatewayConfig:
+    """The serve configuration from flags, then the environment, then defaults."""
 
     def setting(flag: str, kind: type, default: object) -> object:
         value = getattr(args, flag.replace("-", "_"))
@@ -133,42 +128,37 @@ def config_from_args(
         raw = environ.get(env_name(flag))
         if raw is None or raw == "":
             return default
+        if kind is bool:
+            if raw.strip().lower() not in _TRUE | _FALSE:
+                raise ConfigError(f"{env_name(flag)} must be true or false")
+            return raw.strip().lower() in _TRUE
         try:
             return kind(raw)
         except ValueError:
             raise ConfigError(f"{env_name(flag)}={raw!r} is not a valid {kind.__name__}") from None
 
-    values = {flag: setting(flag, kind, default) for flag, kind, default in _SERVE_SETTINGS}
-    insecure = args.upstream_insecure
-    if insecure is None:
-        raw = environ.get(env_name("upstream-insecure"), "").strip().lower()
-        if raw not in _TRUE | _FALSE:
-            raise ConfigError(f"{env_name('upstream-insecure')} must be true or false")
-        insecure = raw in _TRUE
+    values = {flag: setting(flag, kind, default) for flag, kind, default in SERVE_SETTINGS}
 
     password = _secret(values["upstream-password-file"], environ, "UPSTREAM_PASSWORD")
     token = _secret(values["upstream-token-file"], environ, "UPSTREAM_TOKEN")
     if values["upstream-username"] is None:
         password = None  # a password alone means nothing; token mode ignores it
-    grace = values["shutdown-grace"]
-    assert isinstance(grace, float)
-    if grace < 0:
-        raise ConfigError("--shutdown-grace must be zero or more seconds")
-    config = GatewayConfig(
+    return GatewayConfig(
         upstream_url=str(values["upstream-url"] or ""),
         listen=str(values["listen"]),
         upstream_username=_optional_str(values["upstream-username"]),
         upstream_password=password,
         upstream_token=token,
         upstream_ca_file=_optional_path(values["upstream-ca-file"]),
-        upstream_insecure=bool(insecure),
+        upstream_insecure=bool(values["upstream-insecure"]),
         upstream_timeout=float(str(values["upstream-timeout"])),
         cache_ttl=float(str(values["cache-ttl"])),
         cache_max_entries=int(str(values["cache-max-entries"])),
         metrics_listen=_optional_str(values["metrics-listen"]),
         log_level=str(values["log-level"]).lower(),
+        shutdown_grace=float(str(values["shutdown-grace"])),
+        reflection=bool(values["reflection"]),
     )
-    return config, grace
 
 
 def _secret(path: object, environ: Mapping[str, str], name: str) -> str | None:
@@ -214,13 +204,13 @@ def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from gateway.server import serve  # grpc.aio and httpx load only for the server
 
     try:
-        config, grace = config_from_args(args, environ)
+        config = config_from_args(args, environ)
     except ConfigError as error:
         print(f"identity-gateway: configuration error: {error}", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(config.log_level)
     try:
-        asyncio.run(serve(config, shutdown_grace=grace))
+        asyncio.run(serve(config))
     except OSError as error:
         print(f"identity-gateway: {error}", file=sys.stderr)
         return 1

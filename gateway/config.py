@@ -46,6 +46,8 @@ class GatewayConfig:
     metrics_listen: str | None = None
     log_level: str = "info"
     upstream_max_connections: int = 100
+    shutdown_grace: float = 10.0
+    reflection: bool = True
 
     def __post_init__(self) -> None:
         self._check_upstream_url()
@@ -61,6 +63,8 @@ class GatewayConfig:
             raise ConfigError("--cache-max-entries must be at least 1")
         if self.upstream_max_connections < 1:
             raise ConfigError("upstream max connections must be at least 1")
+        if not 0 <= self.shutdown_grace < math.inf:
+            raise ConfigError("--shutdown-grace must be zero or more seconds")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
         if self.upstream_ca_file is not None:

@@ -49,9 +49,10 @@ async def run(gateway_port: int, emulator_port: int, log_level: str) -> None:
             upstream_username=DEFAULT_USERNAME,
             upstream_password=DEFAULT_PASSWORD,
             log_level=log_level,
+            shutdown_grace=2.0,
         )
         print(_banner(listen, emulator.url), flush=True)
-        await serve(config, shutdown_grace=2.0)
+        await serve(config)
 
 
 def main() -> int:

@@ -8,13 +8,18 @@ Structured values go in ``extra={"fields": {...}}`` and become top-level keys of
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import json
 import logging
 import sys
 from typing import IO, Any
 
-_RESERVED = ("time", "level", "logger", "message")
+_RESERVED = ("time", "level", "logger", "message", "request_id")
+
+# The request id of the RPC being handled; every line logged while handling it carries it,
+# including lines from tasks the RPC started (they copy its context).
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 
 def mask_wa_id(wa_id: str) -> str:
@@ -35,6 +40,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        current_request = request_id.get()
+        if current_request is not None:
+            line["request_id"] = current_request
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             for key, value in fields.items():

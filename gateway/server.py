@@ -14,6 +14,7 @@ signal cancels what is left at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from types import TracebackType
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAME: str = identity_pb2.DESCRIPTOR.services_by_name["IdentityService"].full_name
 # Larger requests than this are refused by gRPC itself; real ones are well under 1 KiB.
 MAX_RECEIVE_MESSAGE_BYTES = 64 * 1024
+_SETTLE_SECONDS = 0.05
 
 
 class GatewayServer:
@@ -49,6 +51,7 @@ class GatewayServer:
         self.cache = IdentityCache(
             config.cache_ttl, config.cache_max_entries, on_evict=self.metrics.cache_evictions.inc
         )
+        self.metrics.cache_entries.set_function(lambda: len(self.cache))
         self.health = health.aio.HealthServicer()
         self._server = grpc.aio.server(
             options=[
@@ -56,13 +59,13 @@ class GatewayServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        identity_pb2_grpc.add_IdentityServiceServicer_to_server(
-            IdentityServicer(self.client, self.cache, self.metrics), self._server
-        )
+        self._servicer = IdentityServicer(self.client, self.cache, self.metrics)
+        identity_pb2_grpc.add_IdentityServiceServicer_to_server(self._servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
-        )
+        if config.reflection:
+            reflection.enable_server_reflection(
+                (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+            )
         self.port = 0
         self._metrics_server: tuple[object, object] | None = None
 
@@ -83,15 +86,41 @@ class GatewayServer:
         return self.port
 
     async def stop(self, grace: float | None) -> None:
-        """Drain: NOT_SERVING, refuse new RPCs, let in-flight ones finish, then close."""
+        """Drain: NOT_SERVING, refuse new RPCs, let in-flight ones finish, then close.
+
+        New RPCs are refused before health says NOT_SERVING, so a caller reacting to it is
+        refused (UNAVAILABLE, retryable) rather than accepted and later cancelled. Only
+        IdentityService RPCs are waited for: long-lived streams such as health ``Watch`` would
+        otherwise hold every shutdown for the whole grace period. They see NOT_SERVING, then
+        are cancelled.
+        """
+        stopping = asyncio.ensure_future(self._server.stop(grace))
+        await asyncio.sleep(0)  # let the server start refusing new RPCs
         await self.health.enter_graceful_shutdown()
-        await self._server.stop(grace)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drained(), grace)
+        await self._server.stop(0)  # cancel whatever is left
+        await stopping
         await self.client.aclose()
         if self._metrics_server is not None:
             http_server, thread = self._metrics_server
             http_server.shutdown()  # type: ignore[attr-defined]
+            http_server.server_close()  # type: ignore[attr-defined]
             thread.join()  # type: ignore[attr-defined]
             self._metrics_server = None
+
+    async def cancel_rpcs(self) -> None:
+        """Cancel every running RPC now; a drain in progress then finishes at once."""
+        await self._server.stop(0)
+
+    async def _drained(self) -> None:
+        # An RPC accepted just before the refusal began reaches the servicer a moment later:
+        # idle must hold across a short pause before the leftovers are cancelled.
+        while True:
+            await self._servicer.wait_idle()
+            await asyncio.sleep(_SETTLE_SECONDS)
+            if self._servicer.idle:
+                return
 
     async def __aenter__(self) -> GatewayServer:
         await self.start()
@@ -106,8 +135,9 @@ class GatewayServer:
         await self.stop(grace=1.0)
 
 
-async def serve(config: GatewayConfig, *, shutdown_grace: float = 10.0) -> None:
-    """Run the gateway until SIGTERM or SIGINT, then drain for ``shutdown_grace`` seconds."""
+async def serve(config: GatewayConfig) -> None:
+    """Run the gateway until SIGTERM or SIGINT, then drain for ``config.shutdown_grace`` s."""
+    shutdown_grace = config.shutdown_grace
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     gateway = GatewayServer(config)
@@ -127,29 +157,24 @@ async def serve(config: GatewayConfig, *, shutdown_grace: float = 10.0) -> None:
             }
         },
     )
-    drain: asyncio.Task[None] | None = None
+    cancelling: list[asyncio.Task[None]] = []
 
     def on_signal(signum: int) -> None:
+        name = signal.Signals(signum).name
         if not stopping.is_set():
-            log.info(
-                "received %s: draining for up to %.1f s",
-                signal.Signals(signum).name,
-                shutdown_grace,
-            )
+            log.info("received %s: draining for up to %.1f s", name, shutdown_grace)
             stopping.set()
-        elif drain is not None:
-            log.warning("received %s again: stopping now", signal.Signals(signum).name)
-            drain.cancel()
+        elif not cancelling:
+            log.warning("received %s again: cancelling the RPCs still running", name)
+            cancelling.append(asyncio.ensure_future(gateway.cancel_rpcs()))
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     try:
         await stopping.wait()
-        drain = asyncio.ensure_future(gateway.stop(shutdown_grace))
-        try:
-            await drain
-        except asyncio.CancelledError:
-            await gateway.stop(0)  # the second signal: cancel whatever is still running
+        await gateway.stop(shutdown_grace)
+        for task in cancelling:
+            await task
         log.info("stopped")
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -9,6 +9,7 @@ records each RPC's metrics and its one log line.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -23,7 +24,7 @@ from whatsapp.identity.v1 import identity_pb2, identity_pb2_grpc
 from gateway.cache import IdentityCache, SingleFlight
 from gateway.deadline import caller_deadline
 from gateway.errors import Operation, Reason, UpstreamStatusError, rule_for, to_status
-from gateway.logs import mask_wa_id
+from gateway.logs import mask_wa_id, request_id
 from gateway.metrics import Metrics
 from gateway.parse import UpstreamIdentity
 from gateway.upstream import TRACE_HEADERS, WhatsAppClient
@@ -63,6 +64,20 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self._cache = cache
         self._metrics = metrics
         self._flights: SingleFlight[Fetched] = SingleFlight()
+        self._in_flight = 0
+        self._idle: asyncio.Event | None = None  # created when draining starts
+
+    @property
+    def idle(self) -> bool:
+        """Whether no IdentityService RPC is running."""
+        return self._in_flight == 0
+
+    async def wait_idle(self) -> None:
+        """Return once no IdentityService RPC is running (used while draining)."""
+        if self._in_flight == 0:
+            return
+        self._idle = asyncio.Event()
+        await self._idle.wait()
 
     async def GetIdentity(
         self, request: identity_pb2.GetIdentityRequest, context: grpc.aio.ServicerContext
@@ -119,7 +134,6 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         record.upstream_status = 200
         fetched_at = time.time()
         self._cache.put(wa_id, identity, fetched_at)
-        self._metrics.cache_entries.set(len(self._cache))
         return identity, fetched_at
 
     async def _acknowledge(
@@ -157,6 +171,8 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         started = time.perf_counter()
         self._metrics.rpc_started(method)
         record = RpcRecord(context.invocation_metadata())
+        request_id.set(record.request_id)  # this RPC's own task context: no reset needed
+        self._in_flight += 1
         code = grpc.StatusCode.OK
         reason = None
         try:
@@ -168,18 +184,16 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             if isinstance(error, UpstreamStatusError):
                 record.upstream_status = error.status
             if reason is Reason.GATEWAY_INTERNAL:
-                log.error(
-                    "unexpected error in %s",
-                    method,
-                    exc_info=error,
-                    extra={"fields": {"request_id": record.request_id}},
-                )
+                log.error("unexpected error in %s", method, exc_info=error)
             await context.abort_with_status(rpc_status.to_status(status))
             raise AssertionError("abort_with_status returned") from None  # pragma: no cover
         except BaseException:
             code = grpc.StatusCode.CANCELLED
             raise
         finally:
+            self._in_flight -= 1
+            if self._in_flight == 0 and self._idle is not None:
+                self._idle.set()
             elapsed = time.perf_counter() - started
             self._metrics.rpc_handled(method, code, elapsed)
             if rpc_log.isEnabledFor(logging.INFO):
@@ -201,7 +215,6 @@ def _log_rpc(
                 "latency_ms": round(elapsed * 1000, 3),
                 "cache": record.cache,
                 "upstream_status": record.upstream_status,
-                "request_id": record.request_id,
                 "wa_id": mask_wa_id(record.wa_id) if record.wa_id else None,
             }
         },

@@ -32,7 +32,7 @@ def parse(*argv: str) -> argparse.Namespace:
 
 
 def load(argv: list[str], environ: dict[str, str]) -> GatewayConfig:
-    config, _grace = config_from_args(parse(*argv), environ)
+    config = config_from_args(parse(*argv), environ)
     return config
 
 
@@ -152,6 +152,9 @@ def test_every_serve_flag_has_an_environment_test() -> None:
         "--upstream-password-file",
         "--upstream-token-file",
         "--upstream-insecure",
+        "--no-upstream-insecure",
+        "--reflection",
+        "--no-reflection",
         "--shutdown-grace",
     }
 
@@ -180,12 +183,26 @@ def test_upstream_insecure_flag_wins_over_a_false_environment_variable() -> None
     assert config.upstream_insecure is True
 
 
+def test_reflection_is_on_by_default_and_switched_off_by_flag_or_environment() -> None:
+    assert load([], TOKEN_ENV).reflection is True
+    assert load(["--no-reflection"], TOKEN_ENV).reflection is False
+    off_env = {**TOKEN_ENV, "IDENTITY_GATEWAY_REFLECTION": "false"}
+    assert load([], off_env).reflection is False
+    assert load(["--reflection"], off_env).reflection is True
+
+
+def test_a_boolean_environment_variable_must_say_true_or_false() -> None:
+    message = config_error([], {**TOKEN_ENV, "IDENTITY_GATEWAY_REFLECTION": "maybe"})
+
+    assert "IDENTITY_GATEWAY_REFLECTION" in message
+
+
 def test_shutdown_grace_comes_from_flag_then_environment_then_default() -> None:
     environ = {**TOKEN_ENV, "IDENTITY_GATEWAY_SHUTDOWN_GRACE": "3"}
 
-    _, default_grace = config_from_args(parse(), TOKEN_ENV)
-    _, env_grace = config_from_args(parse(), environ)
-    _, flag_grace = config_from_args(parse("--shutdown-grace", "4.5"), environ)
+    default_grace = config_from_args(parse(), TOKEN_ENV).shutdown_grace
+    env_grace = config_from_args(parse(), environ).shutdown_grace
+    flag_grace = config_from_args(parse("--shutdown-grace", "4.5"), environ).shutdown_grace
 
     assert default_grace == 10
     assert env_grace == 3
