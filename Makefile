@@ -39,13 +39,13 @@ test: check $(NODE_CLIENT)
 	$(BIN)/python -m pytest
 
 check: $(STAMP) $(NODE_TOOLS) proto-check lint-proto
-	$(BIN)/ruff format --check gateway tests
-	$(BIN)/ruff check gateway tests
+	$(BIN)/ruff format --check gateway tests bench
+	$(BIN)/ruff check gateway tests bench
 	$(BIN)/mypy
 
 fmt: $(STAMP)
-	$(BIN)/ruff format gateway tests
-	$(BIN)/ruff check --fix gateway tests
+	$(BIN)/ruff format gateway tests bench
+	$(BIN)/ruff check --fix gateway tests bench
 
 # generated/ is committed; this rebuilds it with the pinned grpcio-tools.
 proto: $(STAMP)

@@ -1,13 +1,15 @@
 """The identity cache (TTL plus least-recently-used bound) and single flight for misses.
 
-    cache = IdentityCache(ttl=30, max_entries=100_000)
-    cache.put("16315551234", identity, fetched_at=time.time())
-    entry = cache.get_fresh("16315551234")          # None once older than the TTL
+    cache: IdentityCache[bytes] = IdentityCache(ttl=30, max_entries=100_000)
+    cache.put("16315551234", payload)
+    payload = cache.get_fresh("16315551234")          # None once older than the TTL
 
     flights = SingleFlight()
     identity = await flights.run("16315551234", fetch)   # concurrent callers share one fetch
 
-Everything runs on one event loop, so no locks are needed.
+The cache does not interpret what it stores: the servicer keeps each identity as its ready-made
+cache-hit answer (serialized bytes), so a hit costs a dictionary lookup and nothing else, and
+an entry is two objects. Everything runs on one event loop, so no locks are needed.
 """
 
 from __future__ import annotations
@@ -18,29 +20,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
-from gateway.parse import UpstreamIdentity
-
 T = TypeVar("T")
+V = TypeVar("V")
 
 
-class CachedIdentity:
-    """One cache entry: the identity, when it was read (wall clock) and when it expires."""
-
-    __slots__ = ("acknowledged", "create_time_ms", "expires_at", "fetched_at", "hash")
-
-    def __init__(self, identity: UpstreamIdentity, fetched_at: float, expires_at: float) -> None:
-        self.hash = identity.hash
-        self.create_time_ms = identity.create_time_ms
-        self.acknowledged = identity.acknowledged
-        self.fetched_at = fetched_at
-        self.expires_at = expires_at
-
-    def to_identity(self) -> UpstreamIdentity:
-        return UpstreamIdentity(self.hash, self.create_time_ms, self.acknowledged)
-
-
-class IdentityCache:
-    """Identities by normalised wa_id, fresh for ``ttl`` seconds, at most ``max_entries``.
+class IdentityCache(Generic[V]):
+    """Values by normalised wa_id, fresh for ``ttl`` seconds, at most ``max_entries``.
 
     A ``ttl`` of 0 disables the cache: nothing is stored. Expiry uses the monotonic clock so a
     wall-clock jump neither keeps entries forever nor drops them all.
@@ -58,7 +43,8 @@ class IdentityCache:
         self.max_entries = max_entries
         self._clock = clock
         self._on_evict = on_evict
-        self._entries: collections.OrderedDict[str, CachedIdentity] = collections.OrderedDict()
+        # wa_id -> (monotonic expiry, value); a tuple is the smallest entry Python offers.
+        self._entries: collections.OrderedDict[str, tuple[float, V]] = collections.OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -67,37 +53,38 @@ class IdentityCache:
     def enabled(self) -> bool:
         return self.ttl > 0
 
-    def get_fresh(self, wa_id: str) -> CachedIdentity | None:
-        """The entry for ``wa_id`` if it is younger than the TTL; an expired one is dropped."""
+    def get_fresh(self, wa_id: str) -> V | None:
+        """The value for ``wa_id`` if it is younger than the TTL; an expired one is dropped."""
         entry = self._entries.get(wa_id)
         if entry is None:
             return None
-        if entry.expires_at <= self._clock():
+        if entry[0] <= self._clock():
             del self._entries[wa_id]
             return None
         self._entries.move_to_end(wa_id)
-        return entry
+        return entry[1]
 
-    def put(self, wa_id: str, identity: UpstreamIdentity, fetched_at: float) -> None:
-        """Store ``identity`` as read at wall-clock ``fetched_at``, evicting the least recent."""
+    def put(self, wa_id: str, value: V) -> None:
+        """Store ``value``, fresh for the TTL from now, evicting the least recently used."""
         if not self.enabled:
             return
-        self._entries[wa_id] = CachedIdentity(identity, fetched_at, self._clock() + self.ttl)
+        self._entries[wa_id] = (self._clock() + self.ttl, value)
         self._entries.move_to_end(wa_id)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
             if self._on_evict is not None:
                 self._on_evict()
 
-    def record_acknowledged(self, wa_id: str, identity_hash: str) -> None:
-        """After a successful acknowledge: mark a same-hash entry acknowledged, drop any other."""
+    def update(self, wa_id: str, change: Callable[[V], V | None]) -> None:
+        """Replace a cached value by ``change(value)`` (keeping its expiry), or drop it on None."""
         entry = self._entries.get(wa_id)
         if entry is None:
             return
-        if entry.hash == identity_hash:
-            entry.acknowledged = True
-        else:
+        changed = change(entry[1])
+        if changed is None:
             del self._entries[wa_id]
+        else:
+            self._entries[wa_id] = (entry[0], changed)
 
     def invalidate(self, wa_id: str) -> None:
         """Forget ``wa_id``."""

@@ -19,14 +19,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-import grpc
-
 from gateway import __version__
-from gateway.client import DEFAULT_TARGET, run_ack, run_get
 from gateway.config import ConfigError, GatewayConfig, split_host_port
 from gateway.logs import configure_logging
 
 ENV_PREFIX = "IDENTITY_GATEWAY_"
+DEFAULT_TARGET = "127.0.0.1:50051"
 EXIT_CONFIG = 2
 
 # serve's settings: (flag, type, default). Each also reads IDENTITY_GATEWAY_<FLAG>. Booleans are
@@ -46,6 +44,7 @@ SERVE_SETTINGS: tuple[tuple[str, type, object], ...] = (
     ("shutdown-grace", float, 10.0),
     ("upstream-insecure", bool, False),
     ("reflection", bool, True),
+    ("workers", int, 1),
 )
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -105,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     emulator.add_argument("--tls-cert", type=Path, help="serve HTTPS with this certificate")
     emulator.add_argument("--tls-key", type=Path, help="the certificate's private key")
+    emulator.add_argument(
+        "--synthetic-contacts",
+        action="store_true",
+        help="answer every digit-only wa_id with a stable made-up identity (benchmarks)",
+    )
 
     get = commands.add_parser("get", help="read an identity through a running gateway")
     get.add_argument("wa_id")
@@ -158,6 +162,7 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Ga
         log_level=str(values["log-level"]).lower(),
         shutdown_grace=float(str(values["shutdown-grace"])),
         reflection=bool(values["reflection"]),
+        workers=int(str(values["workers"])),
     )
 
 
@@ -192,6 +197,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return _serve(args, env)
     if args.command == "emulator":
         return _emulator(args, env)
+    # grpc is imported only where it is used: `serve --workers` forks before any grpc exists.
+    import grpc
+
+    from gateway.client import run_ack, run_get
+
     with grpc.insecure_channel(args.target) as channel:
         if args.command == "get":
             return run_get(
@@ -201,14 +211,18 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 
 def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from gateway.server import serve  # grpc.aio and httpx load only for the server
-
     try:
         config = config_from_args(args, environ)
     except ConfigError as error:
         print(f"identity-gateway: configuration error: {error}", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(config.log_level)
+    if config.workers > 1:
+        from gateway.workers import run_workers
+
+        return run_workers(config, config.workers)
+    from gateway.server import serve  # grpc is first imported here
+
     try:
         asyncio.run(serve(config))
     except OSError as error:
@@ -239,6 +253,7 @@ def _emulator(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             token_lifetime=args.token_lifetime,
             certfile=str(args.tls_cert) if args.tls_cert else None,
             keyfile=str(args.tls_key) if args.tls_key else None,
+            synthetic_contacts=args.synthetic_contacts,
         )
     )
     return 0

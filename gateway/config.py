@@ -48,6 +48,8 @@ class GatewayConfig:
     upstream_max_connections: int = 100
     shutdown_grace: float = 10.0
     reflection: bool = True
+    workers: int = 1
+    reuse_port: bool = False  # set for each of several workers sharing the port
 
     def __post_init__(self) -> None:
         self._check_upstream_url()
@@ -61,6 +63,8 @@ class GatewayConfig:
             raise ConfigError("--cache-ttl must be zero (no caching) or a positive number")
         if self.cache_max_entries < 1:
             raise ConfigError("--cache-max-entries must be at least 1")
+        if not 1 <= self.workers <= 64:
+            raise ConfigError("--workers must be between 1 and 64")
         if self.upstream_max_connections < 1:
             raise ConfigError("upstream max connections must be at least 1")
         if not 0 <= self.shutdown_grace < math.inf:

@@ -5,6 +5,8 @@ The exception tree is shallow; each class says what went wrong, never how to rep
     GatewayError                    base: something the caller must be told about
     ├── InvalidArgument             the caller's request failed validation (spec 4.2)
     ├── DeadlineExceeded            the caller's own deadline ran out while we waited
+    ├── Unauthenticated             caller authorization is on and the caller is unknown
+    ├── PermissionDenied            a known caller called a method it is not granted
     └── UpstreamError               the WhatsApp API did not give a usable answer
         ├── UpstreamStatusError     it answered with an error status (carries status, code, title)
         ├── UpstreamTransportError  no answer: connection refused or reset, TLS or DNS failure
@@ -27,11 +29,15 @@ import dataclasses
 import enum
 import re
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, ClassVar
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
+
+if TYPE_CHECKING:
+    from gateway.authz import Caller
 
 DOMAIN = "identity-gateway.whatsapp"
 
@@ -68,6 +74,8 @@ class Reason(enum.StrEnum):
     UPSTREAM_ERROR = "UPSTREAM_ERROR"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     GATEWAY_INTERNAL = "GATEWAY_INTERNAL"
+    CALLER_UNAUTHENTICATED = "CALLER_UNAUTHENTICATED"
+    CALLER_NOT_PERMITTED = "CALLER_NOT_PERMITTED"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +142,8 @@ _DEADLINE = Rule(
     Reason.DEADLINE_EXCEEDED,
     message="the call's deadline elapsed before WhatsApp answered",
 )
+_UNAUTHENTICATED = Rule(grpc.StatusCode.UNAUTHENTICATED, Reason.CALLER_UNAUTHENTICATED)
+_NOT_PERMITTED = Rule(grpc.StatusCode.PERMISSION_DENIED, Reason.CALLER_NOT_PERMITTED)
 _BUG = Rule(grpc.StatusCode.INTERNAL, Reason.GATEWAY_INTERNAL, message="internal gateway error")
 
 
@@ -200,6 +210,37 @@ class LoginFailed(UpstreamStatusError):
     """The login call was refused; raised again, without calling, while backing off."""
 
 
+class Unauthenticated(GatewayError):
+    """No credentials, or none the policy knows (``UNAUTHENTICATED``)."""
+
+    reason: ClassVar[Reason] = Reason.CALLER_UNAUTHENTICATED
+
+    def __init__(self, method: str, message: str) -> None:
+        super().__init__(message)  # never the token: messages are fixed text
+        self.method = method
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The ``ErrorInfo.metadata`` a caller receives."""
+        return {"method": self.method}
+
+
+class PermissionDenied(GatewayError):
+    """A known caller called a method the policy does not grant it (``PERMISSION_DENIED``)."""
+
+    reason: ClassVar[Reason] = Reason.CALLER_NOT_PERMITTED
+
+    def __init__(self, method: str, caller: Caller) -> None:
+        super().__init__(f"caller {caller.name!r} may not call {method}")
+        self.method = method
+        self.caller = caller  # who was refused, for the audit line
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The ``ErrorInfo.metadata`` a caller receives."""
+        return {"method": self.method, "caller": self.caller.name}
+
+
 def rule_for_status(error: UpstreamStatusError, operation: Operation) -> Rule:
     """The rule for an HTTP error answer, chosen by the most specific match."""
     if isinstance(error, LoginFailed) and error.status != 429 and error.status < 500:
@@ -231,6 +272,10 @@ def rule_for(error: BaseException, operation: Operation) -> Rule:
         return _DEADLINE
     if isinstance(error, InvalidArgument):
         return Rule(grpc.StatusCode.INVALID_ARGUMENT, error.reason)
+    if isinstance(error, Unauthenticated):
+        return _UNAUTHENTICATED
+    if isinstance(error, PermissionDenied):
+        return _NOT_PERMITTED
     return _BUG
 
 
@@ -244,6 +289,9 @@ def to_status(error: BaseException, operation: Operation) -> status_pb2.Status:
         metadata["upstreamStatus"] = str(error.status)
         if error.whatsapp_code is not None:
             metadata["whatsappCode"] = str(error.whatsapp_code)
+    if isinstance(error, Unauthenticated | PermissionDenied):
+        message = str(error)  # fixed text, never the credential
+        metadata.update(error.metadata)
     details.append(
         _pack(error_details_pb2.ErrorInfo(reason=rule.reason, domain=DOMAIN, metadata=metadata))
     )
@@ -320,7 +368,9 @@ __all__ = [
     "InvalidArgument",
     "LoginFailed",
     "Operation",
+    "PermissionDenied",
     "Reason",
+    "Unauthenticated",
     "UpstreamBadResponse",
     "UpstreamError",
     "UpstreamStatusError",

@@ -2,6 +2,12 @@
 
 Each :class:`Metrics` owns its registry, so several gateways can live in one test process.
 
+The per-RPC series (``grpc_server_*``, cache hits, misses, bypasses, single-flight joins) are
+counted in plain integers and turned into Prometheus families by a collector at scrape time:
+a prometheus-client counter takes a lock and several calls per increment, which at thousands
+of cache hits a second costs more than the hit itself. Everything else (upstream requests,
+logins, evictions) uses prometheus-client's own counters and histograms.
+
     metrics = Metrics()
     metrics.rpc_handled("GetIdentity", grpc.StatusCode.OK, 0.0012)
     text = metrics.exposition()            # what GET /metrics returns
@@ -9,52 +15,97 @@ Each :class:`Metrics` owns its registry, so several gateways can live in one tes
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Iterator
+
 import grpc
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 SERVICE = "whatsapp.identity.v1.IdentityService"
 METHODS = ("GetIdentity", "AcknowledgeIdentity")
 # Latency buckets from 0.5 ms (a cache hit) to 10 s (a slow upstream with a long deadline).
-_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class _LatencyHistogram:
+    """Bucket counts in a list: observing is a bisect and two additions."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(BUCKETS, seconds)] += 1
+        self.sum += seconds
+
+    def family_buckets(self) -> list[tuple[str, float]]:
+        cumulative, total = [], 0
+        for bound, count in zip((*BUCKETS, float("inf")), self.counts, strict=True):
+            total += count
+            cumulative.append(("+Inf" if bound == float("inf") else repr(bound), float(total)))
+        return cumulative
+
+
+class _RpcCounts(Collector):
+    """The hot-path counts, exported in the shapes and names prometheus-client would use."""
+
+    def __init__(self) -> None:
+        self.started = dict.fromkeys(METHODS, 0)
+        self.handled: dict[tuple[str, str], int] = {}
+        self.latency = {method: _LatencyHistogram() for method in METHODS}
+        self.cache = {"hits": 0, "misses": 0, "bypasses": 0, "singleflight_joins": 0}
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["grpc_type", "grpc_service", "grpc_method"]
+        started = CounterMetricFamily(
+            "grpc_server_started", "RPCs started on the server.", labels=labels
+        )
+        for method, count in dict(self.started).items():
+            started.add_metric(["unary", SERVICE, method], count)
+        yield started
+        handled = CounterMetricFamily(
+            "grpc_server_handled",
+            "RPCs completed on the server, regardless of success or failure.",
+            labels=[*labels, "grpc_code"],
+        )
+        for (method, code), count in sorted(dict(self.handled).items()):
+            handled.add_metric(["unary", SERVICE, method, code], count)
+        yield handled
+        handling = HistogramMetricFamily(
+            "grpc_server_handling_seconds",
+            "Response latency of RPCs handled by the server.",
+            labels=labels,
+        )
+        for method, histogram in self.latency.items():
+            handling.add_metric(
+                ["unary", SERVICE, method], histogram.family_buckets(), histogram.sum
+            )
+        yield handling
+        descriptions = {
+            "hits": "GetIdentity calls answered from the cache.",
+            "misses": "GetIdentity calls that found no fresh cached identity.",
+            "bypasses": "GetIdentity calls with bypass_cache set.",
+            "singleflight_joins": "Cache misses that joined an upstream read already in flight "
+            "for the same wa_id.",
+        }
+        for key, count in dict(self.cache).items():
+            name = f"identity_gateway_{'cache_' if key != 'singleflight_joins' else ''}{key}"
+            yield CounterMetricFamily(name, descriptions[key], value=count)
 
 
 class Metrics:
-    """Every metric the gateway exports, with the label sets of the hot path bound once."""
+    """Every metric the gateway exports."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        grpc_labels = ("grpc_type", "grpc_service", "grpc_method")
-        self._started = Counter(
-            "grpc_server_started_total", "RPCs started on the server.", grpc_labels, registry=r
-        )
-        self._handled = Counter(
-            "grpc_server_handled_total",
-            "RPCs completed on the server, regardless of success or failure.",
-            (*grpc_labels, "grpc_code"),
-            registry=r,
-        )
-        self._handling = Histogram(
-            "grpc_server_handling_seconds",
-            "Response latency of RPCs handled by the server.",
-            grpc_labels,
-            buckets=_BUCKETS,
-            registry=r,
-        )
-        self.cache_hits = Counter(
-            "identity_gateway_cache_hits", "GetIdentity calls answered from the cache.", registry=r
-        )
-        self.cache_misses = Counter(
-            "identity_gateway_cache_misses",
-            "GetIdentity calls that found no fresh cached identity.",
-            registry=r,
-        )
-        self.cache_bypasses = Counter(
-            "identity_gateway_cache_bypasses",
-            "GetIdentity calls with bypass_cache set.",
-            registry=r,
-        )
+        self._rpc = _RpcCounts()
+        r.register(self._rpc)
         self.cache_evictions = Counter(
             "identity_gateway_cache_evictions",
             "Cached identities evicted to respect --cache-max-entries.",
@@ -62,11 +113,6 @@ class Metrics:
         )
         self.cache_entries = Gauge(
             "identity_gateway_cache_entries", "Identities currently cached.", registry=r
-        )
-        self.singleflight_joins = Counter(
-            "identity_gateway_singleflight_joins",
-            "Cache misses that joined an upstream read already in flight for the same wa_id.",
-            registry=r,
         )
         self._upstream_requests = Counter(
             "identity_gateway_upstream_requests",
@@ -79,7 +125,7 @@ class Metrics:
             "identity_gateway_upstream_request_seconds",
             "Latency of HTTP requests to the WhatsApp API.",
             ("operation",),
-            buckets=_BUCKETS,
+            buckets=BUCKETS,
             registry=r,
         )
         self._logins = Counter(
@@ -88,27 +134,31 @@ class Metrics:
             ("outcome",),
             registry=r,
         )
-        # Bind the hot path's children once instead of looking labels up on every RPC.
-        self._started_by_method = {m: self._started.labels("unary", SERVICE, m) for m in METHODS}
-        self._handling_by_method = {m: self._handling.labels("unary", SERVICE, m) for m in METHODS}
-        self._handled_children: dict[tuple[str, grpc.StatusCode], Counter] = {}
-        for method in METHODS:
-            for code in (grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND):
-                self._handled_child(method, code)
+
+    # the hot path: plain integer arithmetic
 
     def rpc_started(self, method: str) -> None:
-        self._started_by_method[method].inc()
+        self._rpc.started[method] += 1
 
     def rpc_handled(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
-        self._handled_child(method, code).inc()
-        self._handling_by_method[method].observe(seconds)
+        key = (method, code.name)
+        handled = self._rpc.handled
+        handled[key] = handled.get(key, 0) + 1
+        self._rpc.latency[method].observe(seconds)
 
-    def _handled_child(self, method: str, code: grpc.StatusCode) -> Counter:
-        child = self._handled_children.get((method, code))
-        if child is None:
-            child = self._handled.labels("unary", SERVICE, method, code.name)
-            self._handled_children[(method, code)] = child
-        return child
+    def cache_hit(self) -> None:
+        self._rpc.cache["hits"] += 1
+
+    def cache_miss(self) -> None:
+        self._rpc.cache["misses"] += 1
+
+    def cache_bypass(self) -> None:
+        self._rpc.cache["bypasses"] += 1
+
+    def singleflight_join(self) -> None:
+        self._rpc.cache["singleflight_joins"] += 1
+
+    # next to network calls: prometheus-client's own objects
 
     def upstream_exchange(self, operation: str, status: int | None, seconds: float) -> None:
         self._upstream_requests.labels(operation, str(status) if status else "none").inc()

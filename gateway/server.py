@@ -23,12 +23,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import exposition
-from whatsapp.identity.v1 import identity_pb2, identity_pb2_grpc
+from whatsapp.identity.v1 import identity_pb2
 
 from gateway.cache import IdentityCache
 from gateway.config import GatewayConfig, split_host_port
+from gateway.logs import AccessLog
 from gateway.metrics import Metrics
-from gateway.service import IdentityServicer
+from gateway.service import IdentityServicer, add_to_server
 from gateway.upstream import WhatsAppClient
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class GatewayServer:
         self.client = client or WhatsAppClient.from_config(
             config, observe=self.metrics.upstream_exchange, on_login=self.metrics.login
         )
-        self.cache = IdentityCache(
+        self.cache: IdentityCache[bytes] = IdentityCache(
             config.cache_ttl, config.cache_max_entries, on_evict=self.metrics.cache_evictions.inc
         )
         self.metrics.cache_entries.set_function(lambda: len(self.cache))
@@ -56,11 +57,14 @@ class GatewayServer:
         self._server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 0),
+                # Off unless several workers share the port: a second gateway started on a
+                # port in use must fail, not silently split the traffic.
+                ("grpc.so_reuseport", 1 if config.reuse_port else 0),
             ]
         )
-        self._servicer = IdentityServicer(self.client, self.cache, self.metrics)
-        identity_pb2_grpc.add_IdentityServiceServicer_to_server(self._servicer, self._server)
+        self.access_log = AccessLog()
+        self._servicer = IdentityServicer(self.client, self.cache, self.metrics, self.access_log)
+        add_to_server(self._servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         if config.reflection:
             reflection.enable_server_reflection(
@@ -68,6 +72,7 @@ class GatewayServer:
             )
         self.port = 0
         self._metrics_server: tuple[object, object] | None = None
+        self._access_log_task: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         """Bind and start serving; returns the bound port. Raises OSError if it cannot bind."""
@@ -81,6 +86,8 @@ class GatewayServer:
                 port, addr=host, registry=self.metrics.registry
             )
         await self._server.start()
+        if self.access_log.enabled:
+            self._access_log_task = asyncio.ensure_future(self.access_log.run())
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         return self.port
@@ -102,6 +109,11 @@ class GatewayServer:
         await self._server.stop(0)  # cancel whatever is left
         await stopping
         await self.client.aclose()
+        if self._access_log_task is not None:
+            self._access_log_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._access_log_task
+            self._access_log_task = None
         if self._metrics_server is not None:
             http_server, thread = self._metrics_server
             http_server.shutdown()  # type: ignore[attr-defined]

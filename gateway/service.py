@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,19 +23,16 @@ from whatsapp.identity.v1 import identity_pb2, identity_pb2_grpc
 from gateway.cache import IdentityCache, SingleFlight
 from gateway.deadline import caller_deadline
 from gateway.errors import Operation, Reason, UpstreamStatusError, rule_for, to_status
-from gateway.logs import mask_wa_id, request_id
+from gateway.logs import AccessLog, RequestIds, mask_wa_id, request_id
 from gateway.metrics import Metrics
 from gateway.parse import UpstreamIdentity
 from gateway.upstream import TRACE_HEADERS, WhatsAppClient
 from gateway.validation import normalize_wa_id, validate_acknowledge
 
 log = logging.getLogger(__name__)
-rpc_log = logging.getLogger("gateway.rpc")
 
 _TRACE_HEADER_SET = frozenset(TRACE_HEADERS)
 _ACK_RESPONSE = identity_pb2.AcknowledgeIdentityResponse()
-
-Fetched = tuple[UpstreamIdentity, float]
 
 
 class RpcRecord:
@@ -44,13 +40,16 @@ class RpcRecord:
 
     __slots__ = ("cache", "request_id", "trace", "upstream_status", "wa_id")
 
-    def __init__(self, metadata: Any) -> None:
+    def __init__(self, metadata: Any, ids: RequestIds) -> None:
         self.trace: dict[str, str] = {}
         for key, value in metadata or ():
             if key in _TRACE_HEADER_SET and isinstance(value, str):
                 self.trace[key] = value
         # Every upstream request and log line of this RPC carries a request id.
-        self.request_id = self.trace.setdefault("x-request-id", uuid.uuid4().hex)
+        request = self.trace.get("x-request-id")
+        if request is None:
+            request = self.trace["x-request-id"] = ids.new()
+        self.request_id = request
         self.cache: str | None = None
         self.upstream_status: int | None = None
         self.wa_id: str | None = None
@@ -59,11 +58,19 @@ class RpcRecord:
 class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     """Serves GetIdentity and AcknowledgeIdentity from the cache and the WhatsApp API."""
 
-    def __init__(self, client: WhatsAppClient, cache: IdentityCache, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        client: WhatsAppClient,
+        cache: IdentityCache[bytes],
+        metrics: Metrics,
+        access_log: AccessLog | None = None,
+    ) -> None:
         self._client = client
         self._cache = cache
         self._metrics = metrics
-        self._flights: SingleFlight[Fetched] = SingleFlight()
+        self._access_log = access_log or AccessLog()
+        self._request_ids = RequestIds()
+        self._flights: SingleFlight[identity_pb2.GetIdentityResponse] = SingleFlight()
         self._in_flight = 0
         self._idle: asyncio.Event | None = None  # created when draining starts
 
@@ -81,7 +88,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
 
     async def GetIdentity(
         self, request: identity_pb2.GetIdentityRequest, context: grpc.aio.ServicerContext
-    ) -> identity_pb2.GetIdentityResponse:
+    ) -> identity_pb2.GetIdentityResponse | bytes:
         return await self._handle(Operation.GET, self._get_identity, request, context)
 
     async def AcknowledgeIdentity(
@@ -96,33 +103,31 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         request: identity_pb2.GetIdentityRequest,
         context: grpc.aio.ServicerContext,
         record: RpcRecord,
-    ) -> identity_pb2.GetIdentityResponse:
+    ) -> identity_pb2.GetIdentityResponse | bytes:
         wa_id = record.wa_id = normalize_wa_id(request.wa_id)
         if request.bypass_cache:
             record.cache = "bypass"
-            self._metrics.cache_bypasses.inc()
+            self._metrics.cache_bypass()
             async with caller_deadline(context.time_remaining()):
-                identity, fetched_at = await self._fetch(wa_id, record)
-            return _response(wa_id, identity, fetched_at, cache_hit=False)
-        entry = self._cache.get_fresh(wa_id)
-        if entry is not None:
+                return await self._fetch(wa_id, record)
+        cached = self._cache.get_fresh(wa_id)
+        if cached is not None:
             record.cache = "hit"
-            self._metrics.cache_hits.inc()
-            return _response(wa_id, entry, entry.fetched_at, cache_hit=True)
+            self._metrics.cache_hit()
+            return cached  # the serialized answer, sent as it is
         record.cache = "miss"
-        self._metrics.cache_misses.inc()
+        self._metrics.cache_miss()
         # The shared read is bounded by --upstream-timeout only; each caller stops waiting at
         # its own deadline, and the read is abandoned when the last caller has gone.
         async with caller_deadline(context.time_remaining()):
-            (identity, fetched_at), joined = await self._flights.run(
-                wa_id, lambda: self._fetch(wa_id, record)
-            )
+            response, joined = await self._flights.run(wa_id, lambda: self._fetch(wa_id, record))
         if joined:
             record.cache = "joined"
-            self._metrics.singleflight_joins.inc()
-        return _response(wa_id, identity, fetched_at, cache_hit=False)
+            self._metrics.singleflight_join()
+        return response
 
-    async def _fetch(self, wa_id: str, record: RpcRecord) -> Fetched:
+    async def _fetch(self, wa_id: str, record: RpcRecord) -> identity_pb2.GetIdentityResponse:
+        """Read WhatsApp, cache the answer a later hit will send, return this call's answer."""
         try:
             identity = await self._client.get_identity(
                 wa_id, time_remaining=None, trace=record.trace
@@ -132,9 +137,12 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
                 self._cache.invalidate(wa_id)
             raise
         record.upstream_status = 200
-        fetched_at = time.time()
-        self._cache.put(wa_id, identity, fetched_at)
-        return identity, fetched_at
+        response = _response(wa_id, identity, time.time())
+        if self._cache.enabled:
+            response.cache_hit = True
+            self._cache.put(wa_id, response.SerializeToString())
+            response.cache_hit = False
+        return response
 
     async def _acknowledge(
         self,
@@ -155,7 +163,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             ):
                 self._cache.invalidate(wa_id)
             raise
-        self._cache.record_acknowledged(wa_id, request.hash)
+        self._cache.update(wa_id, lambda cached: _acknowledged(cached, request.hash))
         return _ACK_RESPONSE
 
     # ------------------------------------------------------------------ the boundary
@@ -170,7 +178,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         method = operation.value
         started = time.perf_counter()
         self._metrics.rpc_started(method)
-        record = RpcRecord(context.invocation_metadata())
+        record = RpcRecord(context.invocation_metadata(), self._request_ids)
         request_id.set(record.request_id)  # this RPC's own task context: no reset needed
         self._in_flight += 1
         code = grpc.StatusCode.OK
@@ -196,39 +204,30 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
                 self._idle.set()
             elapsed = time.perf_counter() - started
             self._metrics.rpc_handled(method, code, elapsed)
-            if rpc_log.isEnabledFor(logging.INFO):
-                _log_rpc(method, code, reason, elapsed, record)
-
-
-def _log_rpc(
-    method: str, code: grpc.StatusCode, reason: Reason | None, elapsed: float, record: RpcRecord
-) -> None:
-    rpc_log.info(
-        "%s %s",
-        method,
-        code.name,
-        extra={
-            "fields": {
-                "method": method,
-                "code": code.name,
-                "reason": reason.value if reason else None,
-                "latency_ms": round(elapsed * 1000, 3),
-                "cache": record.cache,
-                "upstream_status": record.upstream_status,
-                "wa_id": mask_wa_id(record.wa_id) if record.wa_id else None,
-            }
-        },
-    )
+            if self._access_log.enabled:
+                self._access_log.write(
+                    {
+                        "message": f"{method} {code.name}",
+                        "request_id": record.request_id,
+                        "method": method,
+                        "code": code.name,
+                        "reason": reason.value if reason else None,
+                        "latency_ms": round(elapsed * 1000, 3),
+                        "cache": record.cache,
+                        "upstream_status": record.upstream_status,
+                        "wa_id": mask_wa_id(record.wa_id) if record.wa_id else None,
+                    }
+                )
 
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def _response(
-    wa_id: str, identity: Any, fetched_at: float, *, cache_hit: bool
+    wa_id: str, identity: UpstreamIdentity, fetched_at: float
 ) -> identity_pb2.GetIdentityResponse:
-    """The answer for ``identity`` (an UpstreamIdentity or a cache entry of the same fields)."""
-    create_ms: int = identity.create_time_ms
+    """The answer for an identity just read from WhatsApp (``cache_hit`` false)."""
+    create_ms = identity.create_time_ms
     fetched_ns = int(fetched_at * 1e9)
     return identity_pb2.GetIdentityResponse(
         identity=identity_pb2.Identity(
@@ -239,8 +238,46 @@ def _response(
             ),
             acknowledged=identity.acknowledged,
         ),
-        cache_hit=cache_hit,
         fetch_time=timestamp_pb2.Timestamp(
             seconds=fetched_ns // 1_000_000_000, nanos=fetched_ns % 1_000_000_000
         ),
     )
+
+
+def _acknowledged(cached: bytes, identity_hash: str) -> bytes | None:
+    """A cached answer after ``identity_hash`` was acknowledged: marked if it is the cached
+    hash, else None (the cached identity is stale; drop it)."""
+    response = identity_pb2.GetIdentityResponse.FromString(cached)
+    if response.identity.hash != identity_hash:
+        return None
+    response.identity.acknowledged = True
+    serialized: bytes = response.SerializeToString()
+    return serialized
+
+
+def _serialize(response: Any) -> bytes:
+    """gRPC's response serializer: messages are serialized, cached answers are already bytes."""
+    if type(response) is bytes:
+        return response
+    serialized: bytes = response.SerializeToString()
+    return serialized
+
+
+def add_to_server(servicer: IdentityServicer, server: grpc.aio.Server) -> None:
+    """Register ``servicer`` like the generated ``add_IdentityServiceServicer_to_server``, but
+    with a serializer that sends cached answers without building or serializing anything."""
+    handlers = {
+        "GetIdentity": grpc.unary_unary_rpc_method_handler(
+            servicer.GetIdentity,
+            request_deserializer=identity_pb2.GetIdentityRequest.FromString,
+            response_serializer=_serialize,
+        ),
+        "AcknowledgeIdentity": grpc.unary_unary_rpc_method_handler(
+            servicer.AcknowledgeIdentity,
+            request_deserializer=identity_pb2.AcknowledgeIdentityRequest.FromString,
+            response_serializer=_serialize,
+        ),
+    }
+    name = identity_pb2.DESCRIPTOR.services_by_name["IdentityService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)

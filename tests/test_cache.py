@@ -7,9 +7,6 @@ import asyncio
 import pytest
 
 from gateway.cache import IdentityCache, SingleFlight
-from gateway.parse import UpstreamIdentity
-
-IDENTITY = UpstreamIdentity(hash="UKD6Y/5SqDU=", create_time_ms=1600132094000, acknowledged=False)
 
 
 class FakeClock:
@@ -22,13 +19,11 @@ class FakeClock:
 
 def test_a_fresh_entry_is_served_until_the_ttl_passes() -> None:
     clock = FakeClock()
-    cache = IdentityCache(ttl=30, max_entries=10, clock=clock)
-    cache.put("16315551234", IDENTITY, fetched_at=1.5)
+    cache: IdentityCache[str] = IdentityCache(ttl=30, max_entries=10, clock=clock)
+    cache.put("16315551234", "answer")
 
     clock.now += 29.9
-    entry = cache.get_fresh("16315551234")
-    assert entry is not None
-    assert (entry.hash, entry.fetched_at) == (IDENTITY.hash, 1.5)
+    assert cache.get_fresh("16315551234") == "answer"
 
     clock.now += 0.1
     assert cache.get_fresh("16315551234") is None
@@ -36,47 +31,61 @@ def test_a_fresh_entry_is_served_until_the_ttl_passes() -> None:
 
 
 def test_ttl_zero_disables_caching() -> None:
-    cache = IdentityCache(ttl=0, max_entries=10)
-    cache.put("16315551234", IDENTITY, fetched_at=1.0)
+    cache: IdentityCache[str] = IdentityCache(ttl=0, max_entries=10)
+    cache.put("16315551234", "answer")
+    assert cache.enabled is False
     assert cache.get_fresh("16315551234") is None
     assert len(cache) == 0
 
 
 def test_the_least_recently_used_entry_is_evicted_at_the_bound() -> None:
     evictions: list[int] = []
-    cache = IdentityCache(ttl=30, max_entries=2, on_evict=lambda: evictions.append(1))
-    cache.put("1000001", IDENTITY, 1.0)
-    cache.put("1000002", IDENTITY, 1.0)
-    assert cache.get_fresh("1000001") is not None  # now 1000002 is the least recently used
-    cache.put("1000003", IDENTITY, 1.0)
+    cache: IdentityCache[str] = IdentityCache(
+        ttl=30, max_entries=2, on_evict=lambda: evictions.append(1)
+    )
+    cache.put("1000001", "a")
+    cache.put("1000002", "b")
+    assert cache.get_fresh("1000001") == "a"  # now 1000002 is the least recently used
+    cache.put("1000003", "c")
 
     assert cache.get_fresh("1000002") is None
-    assert cache.get_fresh("1000001") is not None
-    assert cache.get_fresh("1000003") is not None
+    assert cache.get_fresh("1000001") == "a"
+    assert cache.get_fresh("1000003") == "c"
     assert len(cache) == 2
     assert len(evictions) == 1
 
 
-def test_acknowledging_the_cached_hash_marks_it_acknowledged() -> None:
-    cache = IdentityCache(ttl=30, max_entries=10)
-    cache.put("16315551234", IDENTITY, 1.0)
-    cache.record_acknowledged("16315551234", IDENTITY.hash)
-    entry = cache.get_fresh("16315551234")
-    assert entry is not None
-    assert entry.acknowledged is True
+def test_an_update_replaces_the_value_and_keeps_its_expiry() -> None:
+    clock = FakeClock()
+    cache: IdentityCache[str] = IdentityCache(ttl=30, max_entries=10, clock=clock)
+    cache.put("16315551234", "unacknowledged")
+    clock.now += 20
+    cache.update("16315551234", lambda value: value.removeprefix("un"))
+
+    assert cache.get_fresh("16315551234") == "acknowledged"
+    clock.now += 10
+    assert cache.get_fresh("16315551234") is None  # expired 30 s after the put, not the update
 
 
-def test_acknowledging_another_hash_evicts_the_cached_identity() -> None:
-    cache = IdentityCache(ttl=30, max_entries=10)
-    cache.put("16315551234", IDENTITY, 1.0)
-    cache.record_acknowledged("16315551234", "bmV3SGFzaA==")
+def test_an_update_to_none_drops_the_entry() -> None:
+    cache: IdentityCache[str] = IdentityCache(ttl=30, max_entries=10)
+    cache.put("16315551234", "stale")
+    cache.update("16315551234", lambda value: None)
     assert cache.get_fresh("16315551234") is None
 
 
-def test_acknowledging_an_uncached_identity_caches_nothing() -> None:
-    cache = IdentityCache(ttl=30, max_entries=10)
-    cache.record_acknowledged("16315551234", IDENTITY.hash)
+def test_updating_an_uncached_entry_caches_nothing() -> None:
+    cache: IdentityCache[str] = IdentityCache(ttl=30, max_entries=10)
+    cache.update("16315551234", lambda value: "never called")
     assert len(cache) == 0
+
+
+def test_invalidate_forgets_an_entry() -> None:
+    cache: IdentityCache[str] = IdentityCache(ttl=30, max_entries=10)
+    cache.put("16315551234", "answer")
+    cache.invalidate("16315551234")
+    cache.invalidate("16315559999")  # absent: no error
+    assert cache.get_fresh("16315551234") is None
 
 
 async def test_concurrent_runs_for_one_key_share_one_call() -> None:

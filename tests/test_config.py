@@ -156,6 +156,7 @@ def test_every_serve_flag_has_an_environment_test() -> None:
         "--reflection",
         "--no-reflection",
         "--shutdown-grace",
+        "--workers",
     }
 
     assert flags == {setting.flag for setting in SETTINGS} | explicitly_tested
@@ -195,6 +196,13 @@ def test_a_boolean_environment_variable_must_say_true_or_false() -> None:
     message = config_error([], {**TOKEN_ENV, "IDENTITY_GATEWAY_REFLECTION": "maybe"})
 
     assert "IDENTITY_GATEWAY_REFLECTION" in message
+
+
+def test_workers_come_from_flag_or_environment_and_are_bounded() -> None:
+    assert load([], TOKEN_ENV).workers == 1
+    assert load(["--workers", "2"], TOKEN_ENV).workers == 2
+    assert load([], {**TOKEN_ENV, "IDENTITY_GATEWAY_WORKERS": "3"}).workers == 3
+    assert "--workers" in config_error(["--workers", "0"], TOKEN_ENV)
 
 
 def test_shutdown_grace_comes_from_flag_then_environment_then_default() -> None:

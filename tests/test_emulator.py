@@ -787,3 +787,17 @@ async def test_running_emulator_url_names_its_scheme_and_port() -> None:
         assert emulator.port > 0
     with pytest.raises(RuntimeError):
         _ = emulator.url
+
+
+async def test_synthetic_contacts_make_every_wa_id_known_and_stable() -> None:
+    async with RunningEmulator() as emulator:
+        assert emulator.state.identity("19990000001") is None
+        emulator.state.update_settings(synthetic_contacts=True)
+        first = emulator.state.identity("19990000001")
+        again = emulator.state.identity("19990000001")
+        other = emulator.state.identity("19990000002")
+    assert first is not None
+    assert other is not None
+    assert first == again
+    assert first.hash != other.hash
+    assert emulator.state.identity("not-digits") is None

@@ -37,6 +37,19 @@ def free_port() -> int:
         return port
 
 
+def free_port_pair() -> int:
+    """A port P such that P and P + 1 are both free now (worker k serves metrics on P + k)."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two adjacent free ports")
+
+
 class ServeProcess:
     """One ``identity-gateway serve`` subprocess with its stderr (the JSON log) in a file."""
 
@@ -293,3 +306,36 @@ async def test_reflection_can_be_switched_off(gateway_factory: GatewayFactory) -
             async for _ in stub.ServerReflectionInfo(iter([request])):
                 pass
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_workers_share_the_port_and_all_drain_on_sigterm(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    wa_id = new_wa_id()
+    emulator.state.set_identity(wa_id, HASH)
+    metrics_port = free_port_pair()
+    async with serve_process(
+        emulator, tmp_path, "--workers", "2", "--metrics-listen", f"127.0.0.1:{metrics_port}"
+    ) as gateway:
+        # Separate channels make separate connections, which the kernel spreads over workers.
+        for _ in range(40):
+            async with grpc.aio.insecure_channel(
+                gateway.address, options=[("grpc.use_local_subchannel_pool", 1)]
+            ) as channel:
+                stub = identity_pb2_grpc.IdentityServiceStub(channel)
+                outcome = await call(stub.GetIdentity, identity_pb2.GetIdentityRequest(wa_id=wa_id))
+                assert outcome.ok, outcome
+        started = []
+        async with httpx.AsyncClient() as http:
+            for port in (metrics_port, metrics_port + 1):  # worker k serves metrics on PORT + k
+                samples = _samples((await http.get(f"http://127.0.0.1:{port}/metrics")).text)
+                started.append(
+                    samples.get(("grpc_server_started_total", _grpc_labels("GetIdentity")), 0.0)
+                )
+        gateway.process.send_signal(signal.SIGTERM)
+        exit_code = await asyncio.wait_for(gateway.process.wait(), 30)
+    assert sum(started) == 40
+    assert all(count > 0 for count in started), started  # both workers served
+    assert exit_code == 0
+    # each worker has its own cache: at most one upstream read per worker
+    assert 1 <= emulator.state.count("GET") <= 2

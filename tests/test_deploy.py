@@ -1,0 +1,696 @@
+"""The deployment artefacts agree with the code: ``Dockerfile``, ``.dockerignore``,
+``deploy/kubernetes/`` and ``deploy/istio/``.
+
+Every manifest is parsed with PyYAML (all documents of every file) and compared with values
+imported from the gateway: the serve settings and their environment names (``gateway.cli``), the
+health service name (``gateway.server``), the proto's methods (``identity_pb2``) and the console
+script (``pyproject.toml``). Renaming a flag, the service, a method or a port without updating the
+deployment fails here, not in a cluster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import json
+import re
+import shlex
+import tomllib
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import certifi
+import pytest
+import yaml
+from grpc_health.v1 import health_pb2
+from whatsapp.identity.v1 import identity_pb2
+
+from gateway.cli import ENV_PREFIX, SERVE_SETTINGS, build_parser, config_from_args, env_name
+from gateway.config import split_host_port
+from gateway.server import SERVICE_NAME
+
+ROOT = Path(__file__).resolve().parent.parent
+KUBERNETES = ROOT / "deploy" / "kubernetes"
+ISTIO = ROOT / "deploy" / "istio"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+
+# The two secrets are environment variables only, never flags (gateway.cli._secret).
+SECRET_ENV = frozenset({ENV_PREFIX + "UPSTREAM_PASSWORD", ENV_PREFIX + "UPSTREAM_TOKEN"})
+SETTING_ENV = frozenset(env_name(flag) for flag, _, _ in SERVE_SETTINGS)
+# Files in deploy/kubernetes/ that show a shape but hold placeholders; they are created out of
+# band and must never be applied by kustomization.yaml.
+EXAMPLES = frozenset({"secret.yaml", "whatsapp-ca.yaml"})
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"]
+IDENTITY_SERVICE = identity_pb2.DESCRIPTOR.services_by_name["IdentityService"]
+ACKNOWLEDGE_PATH = f"/{IDENTITY_SERVICE.full_name}/AcknowledgeIdentity"
+GET_PATH = f"/{IDENTITY_SERVICE.full_name}/GetIdentity"
+
+Manifest = dict[str, Any]
+
+
+# ---- reading the manifests ----------------------------------------------------------------------
+
+
+def load_manifests(directory: Path) -> list[Manifest]:
+    """Every YAML document in every ``*.yaml`` file of ``directory``, empty documents skipped."""
+    documents: list[Manifest] = []
+    for path in sorted(directory.glob("*.yaml")):
+        with path.open(encoding="utf-8") as stream:
+            for document in yaml.safe_load_all(stream):
+                if document is None:
+                    continue
+                assert isinstance(document, dict), f"{path.name}: a document is not a mapping"
+                document.setdefault("_file", path.name)
+                documents.append(document)
+    return documents
+
+
+def the(kind: str, directory: Path = KUBERNETES) -> Manifest:
+    """The one manifest of ``kind`` in ``directory``."""
+    found = [m for m in load_manifests(directory) if m.get("kind") == kind]
+    assert len(found) == 1, f"expected exactly one {kind} in {directory}, found {len(found)}"
+    return found[0]
+
+
+def pod_spec() -> Manifest:
+    spec: Manifest = the("Deployment")["spec"]["template"]["spec"]
+    return spec
+
+
+def gateway_container() -> Manifest:
+    containers: list[Manifest] = pod_spec()["containers"]
+    assert len(containers) == 1, "the Deployment should run exactly the gateway container"
+    return containers[0]
+
+
+def container_port(name: str) -> int:
+    ports = {p.get("name"): int(p["containerPort"]) for p in gateway_container()["ports"]}
+    assert name in ports, f"no container port named {name!r}: {sorted(ports)}"
+    return ports[name]
+
+
+def deployment_env() -> dict[str, Manifest]:
+    """The gateway container's env entries by name (each entry is ``{name, value | valueFrom}``)."""
+    entries: list[Manifest] = gateway_container().get("env", [])
+    names = [e["name"] for e in entries]
+    assert len(names) == len(set(names)), f"an env var is set twice: {names}"
+    return {e["name"]: e for e in entries}
+
+
+def default_of(flag: str) -> object:
+    for name, _, default in SERVE_SETTINGS:
+        if name == flag:
+            return default
+    raise AssertionError(f"no serve setting {flag!r}")
+
+
+def effective_setting(flag: str) -> str:
+    """What the gateway in the pod uses for ``flag``: the Deployment's env var, else the image's
+    ENV, else the code's default."""
+    name = env_name(flag)
+    entry = deployment_env().get(name)
+    if entry is not None:
+        assert "value" in entry, f"{name} should be a plain value"
+        return str(entry["value"])
+    image_env = dockerfile_env(final_stage(dockerfile()))
+    if name in image_env:
+        return image_env[name]
+    default = default_of(flag)
+    assert default is not None, f"{name} is not set and has no default"
+    return str(default)
+
+
+def port_of(address: str) -> int:
+    return split_host_port(address, "address")[1]
+
+
+def seconds(duration: str | int | float) -> float:
+    """A Kubernetes or Istio duration (``15``, ``"15"``, ``"11s"``, ``"300ms"``, ``"1m"``)."""
+    if isinstance(duration, int | float):
+        return float(duration)
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)?", duration.strip())
+    assert match, f"not a duration: {duration!r}"
+    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}[match.group(2)]
+    return float(match.group(1)) * scale
+
+
+def prestop_sleep_seconds() -> float:
+    """How long the preStop hook delays SIGTERM: 0 without a hook."""
+    pre_stop: Manifest | None = gateway_container().get("lifecycle", {}).get("preStop")
+    if pre_stop is None:
+        return 0.0
+    if "sleep" in pre_stop:
+        return float(pre_stop["sleep"]["seconds"])
+    command: list[str] = pre_stop.get("exec", {}).get("command", [])
+    if command and PurePosixPath(command[0]).name == "sleep":
+        return seconds(command[1])
+    match = re.search(r"\bsleep\s+(\d+(?:\.\d+)?)", " ".join(command))
+    assert match, f"cannot tell how long this preStop hook takes: {pre_stop}"
+    return float(match.group(1))
+
+
+def shutdown_grace() -> float:
+    return float(effective_setting("shutdown-grace"))
+
+
+# ---- reading the Dockerfile ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Instruction:
+    keyword: str  # upper case: FROM, RUN, ...
+    arguments: str
+
+
+def dockerfile() -> list[Instruction]:
+    """The Dockerfile's instructions, continuation lines joined and comments dropped."""
+    instructions: list[Instruction] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue  # Docker drops comment lines, even inside a continued instruction
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        keyword, _, arguments = (pending + line).partition(" ")
+        instructions.append(Instruction(keyword.upper(), arguments.strip()))
+        pending = ""
+    assert not pending, "the Dockerfile ends inside a continued line"
+    return instructions
+
+
+def stages(instructions: list[Instruction]) -> list[list[Instruction]]:
+    result: list[list[Instruction]] = []
+    for instruction in instructions:
+        if instruction.keyword == "FROM":
+            result.append([])
+        assert result, f"{instruction.keyword} before the first FROM"
+        result[-1].append(instruction)
+    return result
+
+
+def final_stage(instructions: list[Instruction]) -> list[Instruction]:
+    return stages(instructions)[-1]
+
+
+def stage_name(stage: list[Instruction]) -> str | None:
+    words = stage[0].arguments.split()
+    return words[-1] if len(words) >= 3 and words[-2].upper() == "AS" else None
+
+
+def dockerfile_env(stage: list[Instruction]) -> dict[str, str]:
+    """The ENV values a stage sets (both ``ENV K=V ...`` and the legacy ``ENV K V``)."""
+    env: dict[str, str] = {}
+    for instruction in stage:
+        if instruction.keyword != "ENV":
+            continue
+        words = shlex.split(instruction.arguments)
+        if "=" not in words[0]:
+            env[words[0]] = " ".join(words[1:])
+            continue
+        for word in words:
+            key, _, value = word.partition("=")
+            env[key] = value
+    return env
+
+
+def exposed_ports(stage: list[Instruction]) -> set[int]:
+    ports: set[int] = set()
+    for instruction in stage:
+        if instruction.keyword == "EXPOSE":
+            ports.update(int(word.split("/")[0]) for word in instruction.arguments.split())
+    return ports
+
+
+def last(stage: list[Instruction], keyword: str) -> Instruction | None:
+    found = [i for i in stage if i.keyword == keyword]
+    return found[-1] if found else None
+
+
+# ---- the Dockerfile -----------------------------------------------------------------------------
+
+
+def test_dockerfile_base_images_are_pinned_to_exact_versions() -> None:
+    instructions = dockerfile()
+    names: set[str] = set()
+    for stage in stages(instructions):
+        words = [w for w in stage[0].arguments.split() if not w.startswith("--")]
+        image = words[0]
+        # FROM <an earlier stage> needs no pin; a digest is the strongest pin.
+        if image not in names and "@sha256:" not in image:
+            repository, _, tag = image.rpartition(":")
+            assert repository, f"FROM {image} has no tag"
+            assert "/" not in tag, f"FROM {image} has no tag"
+            assert tag != "latest", f"FROM {image} floats"
+            assert re.match(r"\d+\.\d+\.\d+", tag), f"FROM {image} is not an exact version"
+        if (name := stage_name(stage)) is not None:
+            names.add(name)
+
+
+def test_dockerfile_installs_a_wheel_built_in_an_earlier_stage() -> None:
+    all_stages = stages(dockerfile())
+    assert len(all_stages) >= 2, "the image should be multi-stage"
+    earlier = {stage_name(stage) for stage in all_stages[:-1]} - {None}
+    final_text = " ".join(i.arguments for i in final_stage(dockerfile()))
+    used = set(re.findall(r"(?:--)?from=([\w.-]+)", final_text))
+    assert used & earlier, f"the final stage takes nothing from the build stages {earlier}"
+    assert "--no-index" in final_text, "the final stage should install only the built wheels"
+
+
+def test_dockerfile_final_stage_runs_as_a_non_root_numeric_user() -> None:
+    user = last(final_stage(dockerfile()), "USER")
+    assert user is not None, "the final stage has no USER: it would run as root"
+    uid, _, gid = user.arguments.partition(":")
+    # Numeric, so the kubelet can check runAsNonRoot without reading the image's /etc/passwd.
+    assert uid.isdigit(), f"USER {user.arguments} is not numeric"
+    assert int(uid) != 0, "USER is root"
+    assert not gid or (gid.isdigit() and int(gid) != 0), f"USER {user.arguments}: root group"
+
+
+def test_deployment_runs_as_the_image_user() -> None:
+    user = last(final_stage(dockerfile()), "USER")
+    assert user is not None
+    uid = int(user.arguments.partition(":")[0])
+    for context in (pod_spec()["securityContext"], gateway_container()["securityContext"]):
+        assert context.get("runAsUser", uid) == uid
+
+
+def test_dockerfile_entrypoint_runs_the_console_script_serve() -> None:
+    entrypoint = last(final_stage(dockerfile()), "ENTRYPOINT")
+    assert entrypoint is not None
+    # Exec form (a JSON array): the gateway is PID 1 and receives SIGTERM itself, not a shell.
+    command = json.loads(entrypoint.arguments)
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"][
+        "scripts"
+    ]
+    assert scripts.get(command[0]) == "gateway.cli:main", f"{command[0]} is not the CLI"
+    assert command == [command[0], "serve"]
+    assert build_parser().parse_args(command[1:]).command == "serve"
+
+
+def test_dockerfile_stops_with_the_signal_that_drains() -> None:
+    stop_signal = last(final_stage(dockerfile()), "STOPSIGNAL")
+    assert stop_signal is None or stop_signal.arguments in ("SIGTERM", "15")
+
+
+def test_dockerfile_exposes_the_deployment_container_ports() -> None:
+    exposed = exposed_ports(final_stage(dockerfile()))
+    declared = {int(p["containerPort"]) for p in gateway_container()["ports"]}
+    assert exposed == declared
+
+
+def test_image_environment_names_real_settings_and_matches_exposed_ports() -> None:
+    stage = final_stage(dockerfile())
+    env = dockerfile_env(stage)
+    gateway_vars = {k for k in env if k.startswith(ENV_PREFIX)}
+    assert gateway_vars <= SETTING_ENV, f"unknown settings: {gateway_vars - SETTING_ENV}"
+    exposed = exposed_ports(stage)
+    listen = env.get(env_name("listen"), str(default_of("listen")))
+    assert port_of(listen) in exposed
+    assert port_of(listen) == port_of(str(default_of("listen")))
+    metrics = env.get(env_name("metrics-listen"))
+    assert metrics is not None, "the image should serve metrics by default"
+    assert port_of(metrics) in exposed
+
+
+def test_dockerfile_bakes_in_no_secrets() -> None:
+    for instruction in dockerfile():
+        if instruction.keyword not in ("ENV", "ARG", "LABEL"):
+            continue
+        for word in shlex.split(instruction.arguments):
+            name = word.partition("=")[0]
+            assert name not in SECRET_ENV, f"{instruction.keyword} {name} bakes in a secret"
+            assert not re.search(r"PASSWORD|TOKEN|SECRET", name, re.IGNORECASE), name
+    copied = " ".join(i.arguments for i in dockerfile() if i.keyword in ("COPY", "ADD"))
+    assert not re.search(r"\.pem|\.key|password|token|secret", copied, re.IGNORECASE)
+
+
+def test_runtime_image_writes_no_bytecode_and_does_not_buffer_logs() -> None:
+    env = dockerfile_env(final_stage(dockerfile()))
+    # The root filesystem is read-only in the pod, and log lines must reach `kubectl logs` at once.
+    assert env.get("PYTHONDONTWRITEBYTECODE") == "1"
+    assert env.get("PYTHONUNBUFFERED") == "1"
+
+
+def test_build_context_includes_every_file_the_dockerfile_copies() -> None:
+    patterns = [
+        line.strip()
+        for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
+
+    def included(path: str) -> bool:
+        verdict = True  # last matching pattern wins, as in Docker
+        for pattern in patterns:
+            negated = pattern.startswith("!")
+            if fnmatch.fnmatch(path, pattern.removeprefix("!").rstrip("/")):
+                verdict = negated
+        return verdict
+
+    assert not included(".git"), ".dockerignore lets the repository's history in"
+    assert not included(".venv"), ".dockerignore lets the local virtualenv in"
+    copies = [i for i in dockerfile() if i.keyword == "COPY" and "--from" not in i.arguments]
+    assert copies
+    for copy in copies:
+        for source in copy.arguments.split()[:-1]:
+            assert (ROOT / source).exists(), f"COPY {source}: no such file"
+            assert included(source.rstrip("/")), f"COPY {source} but .dockerignore excludes it"
+
+
+# ---- Kubernetes ---------------------------------------------------------------------------------
+
+
+def test_every_manifest_parses_and_lives_in_the_gateway_namespace() -> None:
+    namespace = the("Namespace")["metadata"]["name"]
+    for manifest in load_manifests(KUBERNETES) + load_manifests(ISTIO):
+        if manifest.get("kind") in ("Namespace", "Kustomization"):
+            continue
+        assert manifest.get("apiVersion"), f"{manifest['_file']}: no apiVersion"
+        assert manifest["metadata"].get("namespace") == namespace, manifest["_file"]
+
+
+def test_kustomization_applies_every_manifest_except_the_examples() -> None:
+    resources = set(the("Kustomization")["resources"])
+    on_disk = {p.name for p in KUBERNETES.glob("*.yaml")} - {"kustomization.yaml"}
+    assert resources == on_disk - EXAMPLES
+    for name in resources:
+        kinds = {m.get("kind") for m in load_manifests(KUBERNETES) if m["_file"] == name}
+        assert "Secret" not in kinds, f"{name}: applying it would overwrite the real Secret"
+
+
+def test_grpc_container_port_is_the_default_listen_port() -> None:
+    grpc_port = container_port("grpc")
+    assert grpc_port == port_of(str(default_of("listen")))
+    assert grpc_port == port_of(effective_setting("listen"))
+
+
+def test_readiness_probe_checks_the_identity_service() -> None:
+    probe = gateway_container()["readinessProbe"]["grpc"]
+    assert probe["service"] == SERVICE_NAME
+    assert probe["port"] == container_port("grpc")
+
+
+def test_liveness_and_startup_probes_check_the_server_as_a_whole() -> None:
+    container = gateway_container()
+    for kind in ("livenessProbe", "startupProbe"):
+        probe = container[kind]["grpc"]
+        assert probe.get("service", "") == "", f"{kind} should check service '' (the server)"
+        assert probe["port"] == container_port("grpc")
+
+
+def test_liveness_probe_does_not_restart_a_draining_pod() -> None:
+    # Health is NOT_SERVING for the whole drain; liveness must not give up before it ends.
+    probe = gateway_container()["livenessProbe"]
+    failing_for = probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3)
+    assert failing_for > shutdown_grace()
+
+
+def test_every_gateway_env_var_is_a_real_setting() -> None:
+    names = {n for n in deployment_env() if n.startswith(ENV_PREFIX)}
+    assert names, "the Deployment configures nothing"
+    unknown = names - SETTING_ENV - SECRET_ENV
+    assert not unknown, f"the gateway does not read {sorted(unknown)}"
+
+
+def test_deployment_settings_pass_the_gateways_own_validation() -> None:
+    environ = dockerfile_env(final_stage(dockerfile()))
+    for name, entry in deployment_env().items():
+        if "value" in entry:
+            environ[name] = str(entry["value"])
+        elif name in SECRET_ENV:
+            environ[name] = "a-placeholder"
+    # The CA ConfigMap is mounted in the pod; here any readable CA bundle stands in for it.
+    if env_name("upstream-ca-file") in environ:
+        environ[env_name("upstream-ca-file")] = certifi.where()
+    args = build_parser().parse_args(["serve"])
+    config = config_from_args(args, environ)  # raises ConfigError on a bad value
+    assert config.upstream_url.startswith("https://")
+    assert not config.upstream_insecure
+
+
+def test_upstream_password_comes_from_a_secret_and_nothing_secret_is_inlined() -> None:
+    env = deployment_env()
+    password = env[ENV_PREFIX + "UPSTREAM_PASSWORD"]
+    assert "value" not in password
+    reference = password["valueFrom"]["secretKeyRef"]
+    example = the("Secret")
+    assert reference["name"] == example["metadata"]["name"]
+    assert reference["key"] in {**example.get("data", {}), **example.get("stringData", {})}
+    assert not reference.get("optional", False), "a missing Secret must stop the pod starting"
+    for name, entry in env.items():
+        secret_name = name in SECRET_ENV or re.search(r"PASSWORD|TOKEN|SECRET", name)
+        if secret_name and not name.endswith("_FILE"):  # a file path is not the secret
+            assert "value" not in entry, f"{name} has an inline value"
+
+
+def test_example_secret_holds_only_a_placeholder() -> None:
+    example = the("Secret")
+    values = {**example.get("stringData", {}), **example.get("data", {})}
+    assert values
+    for key, value in values.items():
+        assert "REPLACE" in str(value).upper(), f"secret.yaml {key}: not an obvious placeholder"
+
+
+def test_termination_grace_period_outlasts_the_drain() -> None:
+    period = pod_spec()["terminationGracePeriodSeconds"]
+    assert period > prestop_sleep_seconds() + shutdown_grace()
+
+
+def test_istio_sidecar_outlives_the_drain_and_the_pod_ends_before_sigkill() -> None:
+    annotations = the("Deployment")["spec"]["template"]["metadata"].get("annotations", {})
+    proxy_config = yaml.safe_load(annotations.get("proxy.istio.io/config", "")) or {}
+    drain = seconds(proxy_config.get("terminationDrainDuration", "5s"))  # Istio's default: 5 s
+    assert drain > prestop_sleep_seconds() + shutdown_grace()
+    assert drain < pod_spec()["terminationGracePeriodSeconds"]
+
+
+def test_metrics_container_port_is_the_metrics_listen_port() -> None:
+    port = container_port("metrics")
+    assert port_of(effective_setting("metrics-listen")) == port
+    annotations = the("Deployment")["spec"]["template"]["metadata"].get("annotations", {})
+    assert int(annotations.get("prometheus.io/port", port)) == port
+
+
+def test_ca_file_setting_points_at_the_mounted_ca() -> None:
+    ca_file = PurePosixPath(effective_setting("upstream-ca-file"))
+    mounts = {PurePosixPath(m["mountPath"]): m["name"] for m in gateway_container()["volumeMounts"]}
+    assert ca_file.parent in mounts, f"{ca_file} is not in a mounted volume"
+    volumes = {v["name"]: v for v in pod_spec()["volumes"]}
+    config_map = volumes[mounts[ca_file.parent]]["configMap"]
+    keys = {item["path"]: item["key"] for item in config_map.get("items", [])}
+    key = keys.get(ca_file.name, ca_file.name)
+    example = the("ConfigMap")
+    assert config_map["name"] == example["metadata"]["name"]
+    assert key in example["data"]
+
+
+def test_gateway_container_is_non_root_read_only_and_without_capabilities() -> None:
+    pod = pod_spec()
+    context = gateway_container()["securityContext"]
+    assert context.get("runAsNonRoot", pod["securityContext"].get("runAsNonRoot")) is True
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"]["drop"] == ["ALL"]
+    assert not context["capabilities"].get("add")
+
+
+def test_gateway_container_has_resource_requests_and_limits() -> None:
+    resources = gateway_container()["resources"]
+    for resource in ("cpu", "memory"):
+        assert resources["requests"][resource]
+        assert resources["limits"][resource]
+    assert quantity(resources["limits"]["memory"]) >= quantity(resources["requests"]["memory"])
+    assert quantity(resources["limits"]["cpu"]) >= quantity(resources["requests"]["cpu"])
+
+
+def quantity(value: str | int) -> float:
+    """A Kubernetes quantity (``250m``, ``1``, ``128Mi``) as a number."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(m|Ki|Mi|Gi)?", str(value))
+    assert match, f"unsupported quantity {value!r}"
+    scale = {None: 1.0, "m": 0.001, "Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30}[match.group(2)]
+    return float(match.group(1)) * scale
+
+
+def test_deployment_uses_the_declared_service_account() -> None:
+    assert pod_spec()["serviceAccountName"] == the("ServiceAccount")["metadata"]["name"]
+
+
+def test_service_grpc_port_speaks_grpc_and_targets_the_container_port() -> None:
+    service = the("Service")
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
+    grpc_port = ports["grpc"]
+    assert grpc_port["appProtocol"] == "grpc"
+    assert grpc_port["targetPort"] in ("grpc", container_port("grpc"))
+    assert ports["metrics"]["targetPort"] in ("metrics", container_port("metrics"))
+    assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
+
+
+def test_service_and_policies_select_the_gateway_pods() -> None:
+    pod_labels = the("Deployment")["spec"]["template"]["metadata"]["labels"]
+    selectors = [the("Service")["spec"]["selector"]]
+    selectors += [
+        m["spec"]["selector"]["matchLabels"]
+        for m in load_manifests(ISTIO)
+        if "selector" in m["spec"]
+    ]
+    selectors += [the("PodDisruptionBudget")["spec"]["selector"]["matchLabels"]]
+    for selector in selectors:
+        assert selector
+        assert selector.items() <= pod_labels.items(), selector
+
+
+# ---- Istio --------------------------------------------------------------------------------------
+
+
+def service_host() -> str:
+    metadata = the("Service")["metadata"]
+    return f"{metadata['name']}.{metadata['namespace']}.svc.cluster.local"
+
+
+def http_routes() -> list[Manifest]:
+    routes: list[Manifest] = the("VirtualService", ISTIO)["spec"]["http"]
+    assert routes
+    return routes
+
+
+def test_virtual_service_retries_only_unavailable() -> None:
+    for route in http_routes():
+        retries = route["retries"]
+        conditions = [c.strip() for c in str(retries["retryOn"]).split(",")]
+        # Never resource-exhausted: that is WhatsApp's rate limit, and retries multiply the load.
+        assert conditions == ["unavailable"], conditions
+        assert retries["attempts"] >= 1
+        assert seconds(retries["perTryTimeout"]) > 0
+
+
+def test_per_try_timeout_lets_the_gateway_time_out_first() -> None:
+    upstream_timeout = float(effective_setting("upstream-timeout"))
+    for route in http_routes():
+        assert seconds(route["retries"]["perTryTimeout"]) > upstream_timeout
+
+
+def test_mesh_rules_target_the_service_grpc_port() -> None:
+    host = service_host()
+    assert the("DestinationRule", ISTIO)["spec"]["host"] == host
+    virtual_service = the("VirtualService", ISTIO)["spec"]
+    assert virtual_service["hosts"] == [host]
+    grpc_port = next(p["port"] for p in the("Service")["spec"]["ports"] if p["name"] == "grpc")
+    for route in http_routes():
+        assert [m.get("port") for m in route["match"]] == [grpc_port]
+        for destination in route["route"]:
+            assert destination["destination"]["host"] == host
+            assert destination["destination"]["port"]["number"] == grpc_port
+
+
+def test_destination_rule_uses_istio_mtls_an_http2_pool_and_outlier_detection() -> None:
+    policy = the("DestinationRule", ISTIO)["spec"]["trafficPolicy"]
+    assert policy["tls"]["mode"] == "ISTIO_MUTUAL"
+    assert policy["connectionPool"]["http"]["http2MaxRequests"] > 0
+    assert policy["outlierDetection"]
+
+
+def test_outlier_detection_ejects_a_replica_only_for_its_own_failures() -> None:
+    # A WhatsApp outage makes every replica answer UNAVAILABLE/INTERNAL (counted as 5xx);
+    # ejecting replicas for that would only shrink capacity.
+    outlier = the("DestinationRule", ISTIO)["spec"]["trafficPolicy"]["outlierDetection"]
+    assert outlier["consecutive5xxErrors"] == 0  # Istio's default is 5, so it must be explicit
+    assert outlier.get("consecutiveGatewayErrors", 0) == 0
+    assert outlier["splitExternalLocalOriginErrors"] is True
+    assert outlier["consecutiveLocalOriginFailures"] > 0
+
+
+def test_outlier_detection_can_eject_one_replica_but_never_two() -> None:
+    # Envoy ejects a host only if 100 * (ejected + 1) / hosts <= maxEjectionPercent.
+    outlier = the("DestinationRule", ISTIO)["spec"]["trafficPolicy"]["outlierDetection"]
+    limit = outlier.get("maxEjectionPercent", 10)  # Istio's default
+    replicas = the("Deployment")["spec"]["replicas"]
+    assert 100 * 1 / replicas <= limit, "no replica can ever be ejected"
+    assert 100 * 2 / replicas > limit, "two replicas could be ejected at once"
+
+
+def authorization_rules() -> list[Manifest]:
+    policy = the("AuthorizationPolicy", ISTIO)["spec"]
+    assert policy.get("action", "ALLOW") == "ALLOW"
+    rules: list[Manifest] = policy["rules"]
+    return rules
+
+
+def rule_paths(rule: Manifest) -> list[str]:
+    """The paths a rule allows; ``["*"]`` when it does not restrict paths."""
+    operations = [t["operation"] for t in rule.get("to", [])]
+    if not operations or any("paths" not in o for o in operations):
+        return ["*"]
+    return [path for o in operations for path in o["paths"]]
+
+
+def path_matches(pattern: str, path: str) -> bool:
+    """Istio's string match for paths: exact, ``prefix*``, ``*suffix`` or ``*``."""
+    if pattern == "*":
+        return True
+    if pattern.endswith("*"):
+        return path.startswith(pattern[:-1])
+    if pattern.startswith("*"):
+        return path.endswith(pattern[1:])
+    return path == pattern
+
+
+def test_authorization_paths_name_real_methods() -> None:
+    services = (IDENTITY_SERVICE, HEALTH_SERVICE)
+    methods = {f"/{s.full_name}/{m.name}" for s in services for m in s.methods}
+    whole_services = {f"/{s.full_name}/*" for s in services}
+    for rule in authorization_rules():
+        for pattern in rule_paths(rule):
+            # A path is one real method, or `/<service>/*` for every method of one service.
+            assert pattern in methods | whole_services, f"{pattern} names no known method"
+
+
+def sources(rule: Manifest) -> list[Manifest]:
+    return [entry["source"] for entry in rule.get("from", [])]
+
+
+def test_acknowledge_is_allowed_only_to_named_principals() -> None:
+    allowed = [
+        rule
+        for rule in authorization_rules()
+        if any(path_matches(p, ACKNOWLEDGE_PATH) for p in rule_paths(rule))
+    ]
+    assert allowed, "nobody may acknowledge"
+    for rule in allowed:
+        assert sources(rule), f"AcknowledgeIdentity is allowed from anywhere: {rule}"
+        for source in sources(rule):
+            assert set(source) == {"principals"}, f"only principals may acknowledge: {source}"
+            for principal in source["principals"]:
+                assert "*" not in principal, f"{principal} is not one named service account"
+                assert re.fullmatch(r"[^/]+/ns/[^/]+/sa/[^/]+", principal), principal
+
+
+def test_get_identity_is_allowed_to_caller_namespaces() -> None:
+    namespaces = [
+        namespace
+        for rule in authorization_rules()
+        if any(path_matches(p, GET_PATH) for p in rule_paths(rule))
+        for source in sources(rule)
+        for namespace in source.get("namespaces", [])
+    ]
+    assert namespaces
+    assert "*" not in namespaces
+
+
+def test_health_checks_are_allowed() -> None:
+    check = f"/{HEALTH_SERVICE.full_name}/Check"
+    assert any(
+        any(path_matches(p, check) for p in rule_paths(rule)) for rule in authorization_rules()
+    )
+
+
+def test_gateway_pods_accept_only_mtls() -> None:
+    assert the("PeerAuthentication", ISTIO)["spec"]["mtls"]["mode"] == "STRICT"
+
+
+@pytest.mark.parametrize("directory", [KUBERNETES, ISTIO], ids=["kubernetes", "istio"])
+def test_every_manifest_is_a_yaml_mapping_with_a_kind(directory: Path) -> None:
+    kinds = [m.get("kind") for m in load_manifests(directory)]
+    assert kinds
+    assert all(kinds)
