@@ -74,9 +74,10 @@ EXPOSE 9102
 
 USER 10001:10001
 
-# SIGTERM starts the drain: health goes NOT_SERVING, in-flight RPCs get --shutdown-grace seconds,
-# then the process exits 0. A second SIGTERM stops it at once. The gateway handles the signal
-# itself and starts no child processes, so it can be PID 1 without an init such as tini.
+# SIGTERM starts the drain: new RPCs are refused, health goes NOT_SERVING, in-flight RPCs get
+# --shutdown-grace seconds, then the process exits 0. A second SIGTERM cancels what is left. The
+# gateway handles the signal itself and reaps its own workers (--workers), so it can be PID 1
+# without an init such as tini.
 STOPSIGNAL SIGTERM
 
 # No HEALTHCHECK: Kubernetes ignores it and probes grpc.health.v1.Health natively (see deploy/).

@@ -310,6 +310,7 @@ def with_gateway_errors(
 @dataclasses.dataclass(frozen=True)
 class Settings:
     duration: float
+    rounds: int
     connections: int
     streams: int
     zipf_ids: int
@@ -329,15 +330,17 @@ def ack_request() -> Any:
     return identity_pb2.AcknowledgeIdentityRequest(wa_id=DEMO_WA_ID, hash=DEMO_HASH)
 
 
+# The bench measures the gateway, not WhatsApp's documented 20 requests/s: shaping is off.
+GATEWAY_FLAGS = ("--upstream-rate-limit", "0")
+
+
 def measure_gateway(
-    name: str, upstream: str, method: str, request: Any, settings: Settings, *extra: str
+    name: str, target: str, metrics: str, method: str, request: Any, settings: Settings
 ) -> Result:
-    with gateway(upstream, *extra) as (target, metrics):
-        _warm(target)
-        before = scrape(metrics)
-        result = drive(target, method, request, duration=settings.duration,
-                       connections=settings.connections, streams=settings.streams)  # fmt: skip
-        after = scrape(metrics)
+    before = scrape(metrics)
+    result = drive(target, method, request, duration=settings.duration,
+                   connections=settings.connections, streams=settings.streams)  # fmt: skip
+    after = scrape(metrics)
     result.scenario = name
     result.extra["upstream_requests"] = after.get("upstream", 0) - before.get("upstream", 0)
     return with_gateway_errors(result, before, after)
@@ -349,73 +352,109 @@ def _warm(target: str) -> None:
                    check=True)  # fmt: skip
 
 
-def run(settings: Settings, *, scaling: bool) -> list[Result]:
+def httpx_baseline(upstream: str, settings: Settings) -> Result:
+    """The upstream part alone, where the gateway runs (CPU 0), at its best concurrency."""
+    best: Result | None = None
+    for concurrency in (4, 16):
+        command = pinned([PYTHON, str(BENCH / "pyload.py"), "httpx", "--upstream", upstream,
+                          "--duration", str(settings.duration),
+                          "--concurrency", str(concurrency)], "0")  # fmt: skip
+        figures = json.loads(
+            subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        )
+        result = Result("baseline: bare httpx loop", figures["rps"], figures["p50_ms"],
+                        figures["p99_ms"], int(figures["errors"]), int(figures["requests"]),
+                        "python", {"concurrency": concurrency})  # fmt: skip
+        if best is None or result.rps > best.rps:
+            best = result
+    assert best is not None
+    return best
+
+
+def median_result(results: list[Result]) -> Result:
+    """The round with the median throughput (figures of one real round, not a blend)."""
+    ordered = sorted(results, key=lambda r: r.rps)
+    chosen = ordered[len(ordered) // 2]
+    chosen.extra["rounds_rps"] = [round(r.rps) for r in results]
+    return chosen
+
+
+def run(settings: Settings, *, scaling: bool) -> tuple[list[Result], dict[str, float]]:
+    """Every scenario; the §5 ratios are medians of ratios taken within each round."""
+    rounds: dict[str, list[Result]] = {}
+    per_round: dict[str, list[float]] = {"cache_hit_vs_bare": [], "cache_miss_vs_bound": []}
     results: list[Result] = []
-    with bare_server() as target:
-        bare = drive(target, "GetIdentity", get_request(), duration=settings.duration,
-                     connections=settings.connections, streams=settings.streams)  # fmt: skip
-    bare.scenario = "baseline: bare grpc.aio"
-    results.append(bare)
-    with emulator() as upstream:
-        baseline_httpx = _pyload(
-            ["httpx", "--upstream", upstream, "--duration", str(settings.duration),
-             "--concurrency", str(settings.connections * settings.streams)],
-            driver="python",
-        )  # fmt: skip
-        baseline_httpx.scenario = "baseline: bare httpx loop"
-        results.append(baseline_httpx)
-        results.append(measure_gateway("GetIdentity cache hit", upstream, "GetIdentity",
-                                       get_request(), settings))  # fmt: skip
-        results.append(measure_gateway("GetIdentity cache miss (bypass)", upstream, "GetIdentity",
-                                       get_request(bypass=True), settings))  # fmt: skip
-        results.append(measure_gateway("AcknowledgeIdentity", upstream, "AcknowledgeIdentity",
-                                       ack_request(), settings))  # fmt: skip
-        results.append(zipf_mix(upstream, settings))
-        results.append(cold_burst(upstream, settings))
-        if scaling:
-            results.append(measure_gateway("cache hit, 2 workers", upstream, "GetIdentity",
-                                           get_request(), settings, "--workers", "2"))  # fmt: skip
-    results.append(cache_memory(settings.cache_entries))
-    return results
-
-
-def zipf_mix(upstream: str, settings: Settings) -> Result:
-    with gateway(upstream) as (target, metrics):
+    with (
+        emulator() as upstream,
+        bare_server() as bare_target,
+        gateway(upstream, *GATEWAY_FLAGS) as (target, metrics),
+    ):
         _warm(target)
-        before = scrape(metrics)
-        result = _pyload(["grpc", "--target", target, "--duration", str(settings.duration),
-                          "--concurrency", "64", "--zipf", str(settings.zipf_ids)])  # fmt: skip
-        after = scrape(metrics)
-    hits = after.get("identity_gateway_cache_hits_total", 0) - before.get(
-        "identity_gateway_cache_hits_total", 0
-    )
-    misses = after.get("identity_gateway_cache_misses_total", 0) - before.get(
-        "identity_gateway_cache_misses_total", 0
-    )
-    upstream_requests = after.get("upstream", 0) - before.get("upstream", 0)
+        for _ in range(settings.rounds):
+            bare = drive(bare_target, "GetIdentity", get_request(), duration=settings.duration,
+                         connections=settings.connections, streams=settings.streams)  # fmt: skip
+            bare.scenario = "baseline: bare grpc.aio"
+            hit = measure_gateway("GetIdentity cache hit", target, metrics, "GetIdentity",
+                                  get_request(), settings)  # fmt: skip
+            base_httpx = httpx_baseline(upstream, settings)
+            miss = measure_gateway("GetIdentity cache miss (bypass)", target, metrics,
+                                   "GetIdentity", get_request(bypass=True), settings)  # fmt: skip
+            for result in (bare, base_httpx, hit, miss):
+                rounds.setdefault(result.scenario, []).append(result)
+            bound = 1 / (1 / bare.rps + 1 / base_httpx.rps) if bare.rps and base_httpx.rps else 0
+            per_round["cache_hit_vs_bare"].append(hit.rps / bare.rps if bare.rps else 0.0)
+            per_round["cache_miss_vs_bound"].append(miss.rps / bound if bound else 0.0)
+        results.extend(median_result(r) for r in rounds.values())
+        results.append(measure_gateway("AcknowledgeIdentity", target, metrics,
+                                       "AcknowledgeIdentity", ack_request(), settings))  # fmt: skip
+        results.append(zipf_mix(target, metrics, settings))
+        results.append(cold_burst(upstream, target, settings))
+        if scaling:
+            with gateway(upstream, *GATEWAY_FLAGS, "--workers", "2") as (target2, metrics2):
+                _warm(target2)
+                two = measure_gateway("GetIdentity cache hit, 2 workers", target2, metrics2,
+                                      "GetIdentity", get_request(), settings)  # fmt: skip
+                one = measure_gateway("GetIdentity cache hit, 1 worker (same round)", target,
+                                      metrics, "GetIdentity", get_request(), settings)  # fmt: skip
+            results.extend((one, two))
+            per_round["scaling_1_to_2_workers"] = [two.rps / one.rps if one.rps else 0.0]
+    results.append(cache_memory(settings.cache_entries))
+    figures = {key: sorted(values)[len(values) // 2] for key, values in per_round.items()}
+    figures["ratio_rounds"] = float(settings.rounds)
+    return results, figures
+
+
+def zipf_mix(target: str, metrics: str, settings: Settings) -> Result:
+    before = scrape(metrics)
+    result = _pyload(["grpc", "--target", target, "--duration", str(settings.duration),
+                      "--concurrency", "64", "--zipf", str(settings.zipf_ids)])  # fmt: skip
+    after = scrape(metrics)
+
+    def delta(key: str) -> float:
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    hits = delta("identity_gateway_cache_hits_total")
+    misses = delta("identity_gateway_cache_misses_total")
     result.scenario = f"Zipf mix over {settings.zipf_ids:,} ids (TTL 30 s)"
     result.extra = {
         "hit_ratio": hits / (hits + misses) if hits + misses else 0.0,
-        "upstream_rps": upstream_requests / settings.duration,
+        "upstream_rps": delta("upstream") / settings.duration,
     }
     return with_gateway_errors(result, before, after)
 
 
-def cold_burst(upstream: str, settings: Settings) -> Result:
+def cold_burst(upstream: str, target: str, settings: Settings) -> Result:
     wa_id = "19990000042"
     path = f"/v1/contacts/{wa_id}/identity"
     fault = json.dumps({"path": path, "method": "GET", "delay": 0.5}).encode()
     urllib.request.urlopen(urllib.request.Request(f"{upstream}/_emulator/faults", data=fault,
                                                   method="POST"), timeout=5)  # fmt: skip
-    with gateway(upstream) as (target, _):
-        _warm(target)
-        result = _pyload(["burst", "--target", target, "--wa-id", wa_id,
-                          "--count", str(settings.burst)])  # fmt: skip
+    result = _pyload(["burst", "--target", target, "--wa-id", wa_id,
+                      "--count", str(settings.burst)])  # fmt: skip
     recorded = json.loads(urllib.request.urlopen(
         f"{upstream}/_emulator/requests?method=GET&path={path}", timeout=5).read())  # fmt: skip
     result.scenario = f"{settings.burst:,} concurrent cold reads of one wa_id"
-    result.extra = {"upstream_requests": len(recorded["requests"] if isinstance(recorded, dict)
-                                             else recorded)}  # fmt: skip
+    result.extra = {"upstream_requests": len(recorded["requests"])}
     return result
 
 
@@ -429,23 +468,6 @@ def cache_memory(entries: int) -> Result:
 # ---------------------------------------------------------------------------- report
 
 
-def ratios(results: list[Result]) -> dict[str, float]:
-    by_name = {r.scenario: r for r in results}
-    bare = by_name["baseline: bare grpc.aio"].rps
-    httpx_rps = by_name["baseline: bare httpx loop"].rps
-    hit = by_name["GetIdentity cache hit"].rps
-    miss = by_name["GetIdentity cache miss (bypass)"].rps
-    bound = 1 / (1 / bare + 1 / httpx_rps) if bare and httpx_rps else 0.0
-    figures = {
-        "cache_hit_vs_bare": hit / bare if bare else 0.0,
-        "cache_miss_bound_rps": bound,
-        "cache_miss_vs_bound": miss / bound if bound else 0.0,
-    }
-    if "cache hit, 2 workers" in by_name and hit:
-        figures["scaling_1_to_2_workers"] = by_name["cache hit, 2 workers"].rps / hit
-    return figures
-
-
 def report(results: list[Result], figures: dict[str, float]) -> str:
     lines = [f"{'scenario':<46} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}  notes",
              "-" * 100]  # fmt: skip
@@ -453,7 +475,16 @@ def report(results: list[Result], figures: dict[str, float]) -> str:
         notes = ", ".join(
             f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
             for k, v in r.extra.items()
-            if k in ("hit_ratio", "upstream_rps", "upstream_requests", "mb_per_100k", "rss_mb")
+            if k
+            in (
+                "hit_ratio",
+                "upstream_rps",
+                "upstream_requests",
+                "mb_per_100k",
+                "rss_mb",
+                "concurrency",
+                "rounds_rps",
+            )
         )
         if r.driver:
             notes = f"[{r.driver}] {notes}"
@@ -461,10 +492,10 @@ def report(results: list[Result], figures: dict[str, float]) -> str:
                      f"{r.errors:>7}  {notes}")  # fmt: skip
     lines.append("-" * 100)
     targets = {
-        "cache_hit_vs_bare": ">= 0.9",
-        "cache_miss_vs_bound": ">= 0.8",
+        "cache_hit_vs_bare": ">= 0.9 (median of per-round ratios)",
+        "cache_miss_vs_bound": ">= 0.8 (bound: 1 / (1/grpc + 1/httpx), same round)",
         "scaling_1_to_2_workers": "(reported)",
-        "cache_miss_bound_rps": "(1 / (1/grpc + 1/httpx))",
+        "ratio_rounds": "",
     }
     for key, value in figures.items():
         lines.append(f"{key:<46} {value:>9.3f}  target {targets.get(key, '')}")
@@ -474,21 +505,21 @@ def report(results: list[Result], figures: dict[str, float]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a few seconds; no real figures")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per scenario")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the ratios")
     parser.add_argument("--out", type=Path, default=BENCH / "results")
     args = parser.parse_args()
     if args.smoke:
-        settings = Settings(1.0, 2, 4, 1_000, 100, 10_000)
+        settings = Settings(1.0, 1, 2, 4, 1_000, 100, 10_000)
     else:
-        settings = Settings(args.duration, 8, 16, 100_000, 1_000, 100_000)
+        settings = Settings(args.duration, args.rounds, 8, 16, 100_000, 1_000, 100_000)
     if load_driver() == "python":
         print(
             "neither ghz nor h2load found: using the Python driver, which is slower than the "
             "server it loads (install h2load: apt-get install nghttp2-client)",
             file=sys.stderr,
         )
-    results = run(settings, scaling=not args.smoke)
-    figures = ratios(results)
+    results, figures = run(settings, scaling=not args.smoke)
     print(report(results, figures))
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")

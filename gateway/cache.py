@@ -118,6 +118,9 @@ class SingleFlight(Generic[T]):
         flight = self._flights.get(key)
         joined = flight is not None
         if flight is None:
+            # The work runs in its own task, so no caller's leaving cancels it. It copies the
+            # first caller's context: its log lines carry that request id, and its waits
+            # (admission, pacing, retries) are judged against that caller's deadline.
             flight = _Flight(asyncio.ensure_future(work()))
             self._flights[key] = flight
             flight.task.add_done_callback(lambda _: self._forget(key, flight))

@@ -45,6 +45,11 @@ SERVE_SETTINGS: tuple[tuple[str, type, object], ...] = (
     ("upstream-insecure", bool, False),
     ("reflection", bool, True),
     ("workers", int, 1),
+    ("upstream-rate-limit", float, 20.0),
+    ("upstream-burst", int, 60),
+    ("upstream-max-in-flight", int, 32),
+    ("upstream-max-waiting", int, 256),
+    ("upstream-retries", int, 2),
 )
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -163,6 +168,11 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Ga
         shutdown_grace=float(str(values["shutdown-grace"])),
         reflection=bool(values["reflection"]),
         workers=int(str(values["workers"])),
+        upstream_rate_limit=float(str(values["upstream-rate-limit"])),
+        upstream_burst=int(str(values["upstream-burst"])),
+        upstream_max_in_flight=int(str(values["upstream-max-in-flight"])),
+        upstream_max_waiting=int(str(values["upstream-max-waiting"])),
+        upstream_retries=int(str(values["upstream-retries"])),
     )
 
 

@@ -45,7 +45,11 @@ class GatewayConfig:
     cache_max_entries: int = 100_000
     metrics_listen: str | None = None
     log_level: str = "info"
-    upstream_max_connections: int = 100
+    upstream_rate_limit: float = 20.0  # requests/s toward WhatsApp; 0 turns pacing off
+    upstream_burst: int = 60
+    upstream_max_in_flight: int = 32
+    upstream_max_waiting: int = 256
+    upstream_retries: int = 2
     shutdown_grace: float = 10.0
     reflection: bool = True
     workers: int = 1
@@ -65,8 +69,16 @@ class GatewayConfig:
             raise ConfigError("--cache-max-entries must be at least 1")
         if not 1 <= self.workers <= 64:
             raise ConfigError("--workers must be between 1 and 64")
-        if self.upstream_max_connections < 1:
-            raise ConfigError("upstream max connections must be at least 1")
+        if not 0 <= self.upstream_rate_limit < math.inf:
+            raise ConfigError("--upstream-rate-limit must be zero (off) or requests per second")
+        if self.upstream_burst < 1:
+            raise ConfigError("--upstream-burst must be at least 1")
+        if self.upstream_max_in_flight < 1:
+            raise ConfigError("--upstream-max-in-flight must be at least 1")
+        if self.upstream_max_waiting < 0:
+            raise ConfigError("--upstream-max-waiting must be zero or more")
+        if not 0 <= self.upstream_retries <= 10:
+            raise ConfigError("--upstream-retries must be between 0 and 10")
         if not 0 <= self.shutdown_grace < math.inf:
             raise ConfigError("--shutdown-grace must be zero or more seconds")
         if self.log_level not in LOG_LEVELS:

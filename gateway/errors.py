@@ -5,6 +5,8 @@ The exception tree is shallow; each class says what went wrong, never how to rep
     GatewayError                    base: something the caller must be told about
     ├── InvalidArgument             the caller's request failed validation (spec 4.2)
     ├── DeadlineExceeded            the caller's own deadline ran out while we waited
+    ├── RateLimitExceeded           the gateway's own pace toward WhatsApp would pass the deadline
+    ├── Overloaded                  too many upstream requests in flight and waiting
     ├── Unauthenticated             caller authorization is on and the caller is unknown
     ├── PermissionDenied            a known caller called a method it is not granted
     └── UpstreamError               the WhatsApp API did not give a usable answer
@@ -12,6 +14,7 @@ The exception tree is shallow; each class says what went wrong, never how to rep
         ├── UpstreamTransportError  no answer: connection refused or reset, TLS or DNS failure
         ├── UpstreamTimeout         no answer within --upstream-timeout
         ├── UpstreamBadResponse     a 2xx answer that cannot be parsed or lacks fields
+        ├── CircuitOpen             WhatsApp kept failing; not called until the breaker probes
         └── LoginFailed             the login call was refused (or we are backing off after one)
 
 :func:`to_status` turns any of them into a ``google.rpc.Status`` with exactly one ``ErrorInfo``
@@ -74,6 +77,8 @@ class Reason(enum.StrEnum):
     UPSTREAM_ERROR = "UPSTREAM_ERROR"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     GATEWAY_INTERNAL = "GATEWAY_INTERNAL"
+    CIRCUIT_OPEN = "CIRCUIT_OPEN"
+    GATEWAY_OVERLOADED = "GATEWAY_OVERLOADED"
     CALLER_UNAUTHENTICATED = "CALLER_UNAUTHENTICATED"
     CALLER_NOT_PERMITTED = "CALLER_NOT_PERMITTED"
 
@@ -142,6 +147,19 @@ _DEADLINE = Rule(
     Reason.DEADLINE_EXCEEDED,
     message="the call's deadline elapsed before WhatsApp answered",
 )
+_CIRCUIT_OPEN = Rule(grpc.StatusCode.UNAVAILABLE, Reason.CIRCUIT_OPEN, True)
+_SHAPED = Rule(
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Reason.UPSTREAM_RATE_LIMITED,
+    True,
+    "the gateway's pace toward WhatsApp cannot serve this call before its deadline",
+)
+_OVERLOADED = Rule(
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Reason.GATEWAY_OVERLOADED,
+    True,
+    "too many requests to WhatsApp in flight; try again shortly",
+)
 _UNAUTHENTICATED = Rule(grpc.StatusCode.UNAUTHENTICATED, Reason.CALLER_UNAUTHENTICATED)
 _NOT_PERMITTED = Rule(grpc.StatusCode.PERMISSION_DENIED, Reason.CALLER_NOT_PERMITTED)
 _BUG = Rule(grpc.StatusCode.INTERNAL, Reason.GATEWAY_INTERNAL, message="internal gateway error")
@@ -206,6 +224,26 @@ class UpstreamBadResponse(UpstreamError):
     """A success status whose body cannot be parsed or lacks required fields."""
 
 
+class CircuitOpen(UpstreamError):
+    """WhatsApp has been failing: the breaker is open and the gateway does not call it."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__("WhatsApp has been unavailable; the gateway is not calling it for now")
+        self.retry_after = retry_after
+
+
+class RateLimitExceeded(GatewayError):
+    """No upstream token could be had before the caller's deadline, or too many were waiting."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Overloaded(GatewayError):
+    """The gateway is at its limit of upstream requests and cannot queue this call."""
+
+
 class LoginFailed(UpstreamStatusError):
     """The login call was refused; raised again, without calling, while backing off."""
 
@@ -264,6 +302,12 @@ def rule_for(error: BaseException, operation: Operation) -> Rule:
         return rule_for_status(error, operation)
     if isinstance(error, UpstreamTimeout):
         return _TIMEOUT
+    if isinstance(error, CircuitOpen):
+        return _CIRCUIT_OPEN
+    if isinstance(error, RateLimitExceeded):
+        return _SHAPED
+    if isinstance(error, Overloaded):
+        return _OVERLOADED
     if isinstance(error, UpstreamTransportError):
         return _TRANSPORT
     if isinstance(error, UpstreamBadResponse):
@@ -292,6 +336,8 @@ def to_status(error: BaseException, operation: Operation) -> status_pb2.Status:
     if isinstance(error, Unauthenticated | PermissionDenied):
         message = str(error)  # fixed text, never the credential
         metadata.update(error.metadata)
+    if isinstance(error, RateLimitExceeded):
+        metadata["limitedBy"] = "gateway"  # not WhatsApp: no 429 was received
     details.append(
         _pack(error_details_pb2.ErrorInfo(reason=rule.reason, domain=DOMAIN, metadata=metadata))
     )
@@ -300,8 +346,8 @@ def to_status(error: BaseException, operation: Operation) -> status_pb2.Status:
         details.append(_pack(_bad_request(error.violations)))
     if rule.retry_info:
         delay = DEFAULT_RETRY_DELAY
-        if isinstance(error, UpstreamStatusError) and error.retry_after is not None:
-            delay = error.retry_after
+        if isinstance(error, UpstreamStatusError | CircuitOpen | RateLimitExceeded):
+            delay = error.retry_after if error.retry_after is not None else delay
         details.append(_pack(_retry_info(delay)))
     return status_pb2.Status(code=_code_number(rule.code), message=message, details=details)
 
@@ -362,13 +408,16 @@ def _code_number(code: grpc.StatusCode) -> int:
 
 __all__ = [
     "DOMAIN",
+    "CircuitOpen",
     "DeadlineExceeded",
     "FieldViolation",
     "GatewayError",
     "InvalidArgument",
     "LoginFailed",
     "Operation",
+    "Overloaded",
     "PermissionDenied",
+    "RateLimitExceeded",
     "Reason",
     "Unauthenticated",
     "UpstreamBadResponse",

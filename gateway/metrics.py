@@ -24,7 +24,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gateway.resilience import BreakerState
+
 SERVICE = "whatsapp.identity.v1.IdentityService"
+_BREAKER_LEVELS = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 METHODS = ("GetIdentity", "AcknowledgeIdentity")
 # Latency buckets from 0.5 ms (a cache hit) to 10 s (a slow upstream with a long deadline).
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -128,6 +131,30 @@ class Metrics:
             buckets=BUCKETS,
             registry=r,
         )
+        self._retries = Counter(
+            "identity_gateway_upstream_retries",
+            "Upstream requests retried after an UNAVAILABLE-class outcome, by method.",
+            ("method",),
+            registry=r,
+        )
+        self._rejections = Counter(
+            "identity_gateway_upstream_rejections",
+            "Calls the gateway did not send to WhatsApp, by reason (circuit_open, "
+            "rate_limited, overloaded).",
+            ("reason",),
+            registry=r,
+        )
+        self._breaker_state = Gauge(
+            "identity_gateway_upstream_circuit_state",
+            "The upstream circuit breaker: 0 closed, 1 half-open, 2 open.",
+            registry=r,
+        )
+        self._breaker_transitions = Counter(
+            "identity_gateway_upstream_circuit_transitions",
+            "Circuit breaker state changes, by the state entered.",
+            ("state",),
+            registry=r,
+        )
         self._logins = Counter(
             "identity_gateway_upstream_logins",
             "Logins to the WhatsApp API, by outcome.",
@@ -163,6 +190,16 @@ class Metrics:
     def upstream_exchange(self, operation: str, status: int | None, seconds: float) -> None:
         self._upstream_requests.labels(operation, str(status) if status else "none").inc()
         self._upstream_seconds.labels(operation).observe(seconds)
+
+    def upstream_retry(self, operation: str) -> None:
+        self._retries.labels(operation).inc()
+
+    def upstream_rejected(self, reason: str) -> None:
+        self._rejections.labels(reason).inc()
+
+    def breaker_changed(self, old: BreakerState, new: BreakerState) -> None:
+        self._breaker_state.set(_BREAKER_LEVELS[new])
+        self._breaker_transitions.labels(new.name.lower()).inc()
 
     def login(self, outcome: str) -> None:
         self._logins.labels(outcome).inc()

@@ -53,7 +53,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Self
 
-from gateway.errors import GatewayError
+from gateway.errors import Overloaded, RateLimitExceeded
 
 # The window counters keep this many buckets: memory stays constant at any request rate, and the
 # window is exact to within one bucket (a tenth of it).
@@ -62,18 +62,6 @@ _WINDOW_SLICES = 10
 _EPSILON = 1e-9
 # 2.0 ** 1024 overflows; no sane backoff needs more doublings than this to reach max_delay.
 _MAX_DOUBLINGS = 512
-
-
-class RateLimitExceeded(GatewayError):
-    """No upstream token could be had before the caller's deadline, or too many were waiting."""
-
-    def __init__(self, message: str, *, retry_after: float) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class Overloaded(GatewayError):
-    """The gateway is at its concurrency limit and cannot queue this call."""
 
 
 # ---------------------------------------------------------------------------------- windows

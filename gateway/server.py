@@ -46,9 +46,7 @@ class GatewayServer:
     def __init__(self, config: GatewayConfig, *, client: WhatsAppClient | None = None) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.client = client or WhatsAppClient.from_config(
-            config, observe=self.metrics.upstream_exchange, on_login=self.metrics.login
-        )
+        self.client = client or WhatsAppClient.from_config(config, observer=self.metrics)
         self.cache: IdentityCache[bytes] = IdentityCache(
             config.cache_ttl, config.cache_max_entries, on_evict=self.metrics.cache_evictions.inc
         )

@@ -4,11 +4,25 @@
         identity = await client.get_identity("16315551234", time_remaining=2.5)
         await client.acknowledge("16315551234", "UKD6Y/5SqDU=", time_remaining=None)
 
-Every failure leaves here as a :class:`~gateway.errors.UpstreamError` (or
-:class:`~gateway.errors.DeadlineExceeded`): httpx's exceptions are translated in exactly one
-place, :meth:`WhatsAppClient._exchange`. Each HTTP request is capped by ``--upstream-timeout``;
-the whole operation (login, request, one re-login and retry on a 401) by the caller's deadline.
-Tests pass their own ``httpx.AsyncClient`` (for example over ``httpx.MockTransport``).
+Every failure leaves here as a :class:`~gateway.errors.GatewayError`: httpx's exceptions are
+translated in exactly one place, :meth:`WhatsAppClient._exchange`. What stands between a call
+and WhatsApp, outermost first (:class:`Safeguards`):
+
+1. retries of UNAVAILABLE-class outcomes (connection errors, 502/503/504, codes 1011, 1016,
+   1017, 1018) with exponential backoff and full jitter, at least ``Retry-After``, never past
+   the caller's deadline, and only while the retry budget allows (at most 20% of requests).
+   Both calls are idempotent, so a retried PUT is safe. 429 and timeouts are never retried;
+2. the circuit breaker: after sustained UNAVAILABLE-class failures WhatsApp is not called
+   (``CIRCUIT_OPEN``) until a probe succeeds;
+3. admission: at most ``max_in_flight`` requests to WhatsApp, a bounded queue behind them,
+   and ``GATEWAY_OVERLOADED`` at once beyond it;
+4. pacing: a token bucket (by default WhatsApp's documented 20 requests/s, bursts of 60); a
+   call that cannot get a token before its deadline fails at once;
+5. authentication (one re-login and retry after a 401) and the HTTP exchange, capped by
+   ``--upstream-timeout`` and a 1 MiB answer.
+
+The whole operation is bounded by the caller's deadline. Tests pass their own
+``httpx.AsyncClient`` (for example over ``httpx.MockTransport``).
 """
 
 from __future__ import annotations
@@ -16,24 +30,33 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import os
 import ssl
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
+from typing import Protocol
 
 import httpx
 
 from gateway import __version__
 from gateway.auth import LoginSession, StaticToken, TokenSource
 from gateway.config import GatewayConfig
-from gateway.deadline import caller_deadline
+from gateway.deadline import caller_deadline, time_remaining
 from gateway.errors import (
+    CircuitOpen,
     LoginFailed,
+    Operation,
+    Overloaded,
+    RateLimitExceeded,
+    Reason,
     UpstreamBadResponse,
+    UpstreamError,
     UpstreamStatusError,
     UpstreamTimeout,
     UpstreamTransportError,
+    rule_for,
 )
 from gateway.parse import (
     LoginToken,
@@ -44,6 +67,16 @@ from gateway.parse import (
     parse_login,
     parse_retry_after,
 )
+from gateway.resilience import (
+    BreakerState,
+    CircuitBreaker,
+    ConcurrencyLimiter,
+    RetryBudget,
+    RetryPolicy,
+    TokenBucket,
+)
+
+log = logging.getLogger(__name__)
 
 LOGIN_PATH = "/v1/users/login"
 # No identity answer comes near this; a larger body is a broken or hostile upstream.
@@ -62,6 +95,9 @@ TRACE_HEADERS = (
     "x-b3-sampled",
     "x-b3-flags",
 )
+_RETRYABLE = frozenset({Reason.UPSTREAM_UNAVAILABLE})
+_ATTEMPT_MARGIN = 1.5
+_BREAKER_FAILURES = frozenset({Reason.UPSTREAM_UNAVAILABLE, Reason.UPSTREAM_TIMEOUT})
 
 
 def identity_path(wa_id: str) -> str:
@@ -76,8 +112,68 @@ class _Answer:
     body: bytes
 
 
-# Called with (operation, HTTP status or None, seconds) after every upstream exchange.
-ExchangeObserver = Callable[[str, int | None, float], None]
+class UpstreamObserver(Protocol):
+    """Told about what happens on the way to WhatsApp (:class:`gateway.metrics.Metrics`)."""
+
+    def upstream_exchange(self, operation: str, status: int | None, seconds: float) -> None: ...
+    def upstream_retry(self, operation: str) -> None: ...
+    def upstream_rejected(self, reason: str) -> None: ...
+    def breaker_changed(self, old: BreakerState, new: BreakerState) -> None: ...
+    def login(self, outcome: str) -> None: ...
+
+
+class _Unobserved:
+    def upstream_exchange(self, operation: str, status: int | None, seconds: float) -> None:
+        return None
+
+    def upstream_retry(self, operation: str) -> None:
+        return None
+
+    def upstream_rejected(self, reason: str) -> None:
+        return None
+
+    def breaker_changed(self, old: BreakerState, new: BreakerState) -> None:
+        return None
+
+    def login(self, outcome: str) -> None:
+        return None
+
+
+@dataclasses.dataclass
+class Safeguards:
+    """Retries, breaker, admission and pacing toward WhatsApp (see the module docstring).
+
+    The defaults suit tests: no pacing, generous admission.
+    """
+
+    retry: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
+    budget: RetryBudget = dataclasses.field(default_factory=RetryBudget)
+    breaker: CircuitBreaker = dataclasses.field(default_factory=CircuitBreaker)
+    limiter: ConcurrencyLimiter = dataclasses.field(
+        default_factory=lambda: ConcurrencyLimiter(max_in_flight=64, max_waiting=1024)
+    )
+    bucket: TokenBucket | None = None
+
+    @classmethod
+    def from_config(
+        cls, config: GatewayConfig, on_breaker_change: Callable[[BreakerState, BreakerState], None]
+    ) -> Safeguards:
+        bucket = None
+        if config.upstream_rate_limit > 0:
+            bucket = TokenBucket(
+                rate=config.upstream_rate_limit,
+                burst=config.upstream_burst,
+                max_waiters=config.upstream_max_waiting,
+            )
+        return cls(
+            retry=RetryPolicy(max_attempts=1 + config.upstream_retries),
+            breaker=CircuitBreaker(on_state_change=on_breaker_change),
+            limiter=ConcurrencyLimiter(
+                max_in_flight=config.upstream_max_in_flight,
+                max_waiting=config.upstream_max_waiting,
+            ),
+            bucket=bucket,
+        )
 
 
 class WhatsAppClient:
@@ -91,38 +187,43 @@ class WhatsAppClient:
         username: str | None = None,
         password: str | None = None,
         token: str | None = None,
-        session_factory: Callable[[WhatsAppClient], TokenSource] | None = None,
-        observe: ExchangeObserver | None = None,
+        safeguards: Safeguards | None = None,
+        observer: UpstreamObserver | None = None,
     ) -> None:
         self._http = http
         self._request_timeout = request_timeout
         self._basic_auth = (
             httpx.BasicAuth(username, password) if username is not None and password else None
         )
-        self._observe = observe
-        if session_factory is not None:
-            self.tokens: TokenSource = session_factory(self)
-        elif token is not None:
-            self.tokens = StaticToken(token)
+        self._observer: UpstreamObserver = observer or _Unobserved()
+        self._guards = safeguards or Safeguards()
+        if token is not None:
+            self.tokens: TokenSource = StaticToken(token)
         else:
-            self.tokens = LoginSession(self.login)
+            self.tokens = LoginSession(self.login, on_login=self._observer.login)
 
     @classmethod
     def from_config(
-        cls,
-        config: GatewayConfig,
-        *,
-        observe: ExchangeObserver | None = None,
-        on_login: Callable[[str], None] | None = None,
+        cls, config: GatewayConfig, *, observer: UpstreamObserver | None = None
     ) -> WhatsAppClient:
         """A client with its own connection pool, TLS settings and credentials from ``config``."""
+        watcher: UpstreamObserver = observer or _Unobserved()
+
+        def breaker_changed(old: BreakerState, new: BreakerState) -> None:
+            level = logging.ERROR if new is BreakerState.OPEN else logging.WARNING
+            log.log(level, "upstream circuit breaker: %s -> %s", old.name, new.name)
+            watcher.breaker_changed(old, new)
+
+        # No more connections than requests admitted at once: httpx's pool gets slower with
+        # every request queued inside it, so the queue is kept in front of it instead.
+        connections = config.upstream_max_in_flight
         http = httpx.AsyncClient(
             base_url=config.upstream_url,
             verify=_tls_verification(config),
             timeout=httpx.Timeout(config.upstream_timeout),
             limits=httpx.Limits(
-                max_connections=config.upstream_max_connections,
-                max_keepalive_connections=config.upstream_max_connections,
+                max_connections=connections,
+                max_keepalive_connections=connections,
                 keepalive_expiry=30.0,
             ),
             headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
@@ -136,11 +237,13 @@ class WhatsAppClient:
             username=config.upstream_username,
             password=config.upstream_password,
             token=config.upstream_token,
-            session_factory=(lambda c: LoginSession(c.login, on_login=on_login))
-            if config.login_mode
-            else None,
-            observe=observe,
+            safeguards=Safeguards.from_config(config, breaker_changed),
+            observer=watcher,
         )
+
+    @property
+    def breaker_state(self) -> BreakerState:
+        return self._guards.breaker.state
 
     async def __aenter__(self) -> WhatsAppClient:
         return self
@@ -169,7 +272,7 @@ class WhatsAppClient:
     ) -> UpstreamIdentity:
         """``GET /v1/contacts/{wa_id}/identity``: the contact's latest identity."""
         async with caller_deadline(time_remaining):
-            answer = await self._authorized("GET", identity_path(wa_id), None, trace)
+            answer = await self._call(Operation.GET, identity_path(wa_id), None, trace)
         if answer.status != 200:
             raise UpstreamBadResponse(f"unexpected success status {answer.status}")
         return parse_identity(answer.body)
@@ -185,7 +288,7 @@ class WhatsAppClient:
         """``PUT /v1/contacts/{wa_id}/identity`` with ``{"hash": identity_hash}``; its status."""
         body = json.dumps({"hash": identity_hash}).encode()
         async with caller_deadline(time_remaining):
-            answer = await self._authorized("PUT", identity_path(wa_id), body, trace)
+            answer = await self._call(Operation.ACKNOWLEDGE, identity_path(wa_id), body, trace)
         check_acknowledge_body(answer.body)
         return answer.status
 
@@ -198,23 +301,108 @@ class WhatsAppClient:
             raise _status_error(answer, LoginFailed)
         return parse_login(answer.body)
 
-    # ------------------------------------------------------------------ plumbing
+    # ------------------------------------------------------------------ the safeguards
 
-    async def _authorized(
-        self, method: str, path: str, body: bytes | None, trace: Mapping[str, str] | None
+    async def _call(
+        self,
+        operation: Operation,
+        path: str,
+        body: bytes | None,
+        trace: Mapping[str, str] | None,
     ) -> _Answer:
-        """One authorised request, re-authenticated and retried once after a 401."""
+        """One operation: retried while it is worth it, within the enclosing deadline."""
+        method = "GET" if operation is Operation.GET else "PUT"
         headers = dict(trace or {})
         if body is not None:
             headers["Content-Type"] = "application/json"
-        token = await self.tokens.token()
-        answer = await self._exchange(method, method, path, headers, body, token=token)
-        if answer.status == 401 and self.tokens.can_renew:
-            token = await self.tokens.rejected(token)
-            answer = await self._exchange(method, method, path, headers, body, token=token)
-        if not 200 <= answer.status < 300:
-            raise _status_error(answer, UpstreamStatusError)
+        self._guards.budget.record_request()
+        attempt = 0
+        while True:
+            attempt += 1
+            started = time.perf_counter()
+            try:
+                return await self._attempt(operation, method, path, headers, body)
+            except UpstreamError as error:
+                took = time.perf_counter() - started
+                delay = self._retry_delay(error, operation, attempt, took)
+                if delay is None:
+                    raise
+            self._observer.upstream_retry(method)
+            await asyncio.sleep(delay)
+
+    def _retry_delay(
+        self, error: UpstreamError, operation: Operation, attempt: int, took: float
+    ) -> float | None:
+        """The wait before the next attempt, or None when retrying is not worth it."""
+        if isinstance(error, LoginFailed | CircuitOpen):
+            return None
+        if rule_for(error, operation).reason not in _RETRYABLE:
+            return None
+        retry_after = error.retry_after if isinstance(error, UpstreamStatusError) else None
+        remaining = time_remaining()
+        if remaining is not None:
+            # Time for the wait and for another attempt like the last one, with a margin: a
+            # retry that would run into the deadline only turns UNAVAILABLE into
+            # DEADLINE_EXCEEDED, and costs WhatsApp a request.
+            remaining -= _ATTEMPT_MARGIN * took
+        return self._guards.retry.next_delay(
+            attempt, retry_after=retry_after, time_remaining=remaining, budget=self._guards.budget
+        )
+
+    async def _attempt(
+        self,
+        operation: Operation,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        body: bytes | None,
+    ) -> _Answer:
+        """One attempt through the breaker: its verdict is whether WhatsApp looked up."""
+        permit = self._guards.breaker.allow()
+        if permit is None:
+            self._observer.upstream_rejected("circuit_open")
+            raise CircuitOpen(self._guards.breaker.retry_after())
+        with permit:
+            try:
+                answer = await self._admitted(method, path, headers, body)
+            except (UpstreamTransportError, UpstreamTimeout):
+                permit.record_failure()
+                raise
+            error = None if 200 <= answer.status < 300 else _status_error(answer)
+            if error is not None and rule_for(error, operation).reason in _BREAKER_FAILURES:
+                permit.record_failure()
+            else:
+                permit.record_success()  # any real answer, a 404 included, shows WhatsApp up
+        if error is not None:
+            raise error
         return answer
+
+    async def _admitted(
+        self, method: str, path: str, headers: dict[str, str], body: bytes | None
+    ) -> _Answer:
+        """Within a slot and the pace: authenticate, send, and re-login once after a 401."""
+        try:
+            async with self._guards.limiter.slot(timeout=time_remaining()):
+                await self._paced()
+                token = await self.tokens.token()
+                answer = await self._exchange(method, method, path, headers, body, token=token)
+                if answer.status == 401 and self.tokens.can_renew:
+                    token = await self.tokens.rejected(token)
+                    await self._paced()
+                    answer = await self._exchange(method, method, path, headers, body, token=token)
+        except Overloaded:
+            self._observer.upstream_rejected("overloaded")
+            raise
+        except RateLimitExceeded:
+            self._observer.upstream_rejected("rate_limited")
+            raise
+        return answer
+
+    async def _paced(self) -> None:
+        if self._guards.bucket is not None:
+            await self._guards.bucket.acquire(timeout=time_remaining())
+
+    # ------------------------------------------------------------------ the exchange
 
     async def _exchange(
         self,
@@ -251,8 +439,7 @@ class WhatsAppClient:
         except httpx.TransportError as error:
             raise UpstreamTransportError(_describe_transport_error(error)) from None
         finally:
-            if self._observe is not None:
-                self._observe(operation, status, time.perf_counter() - started)
+            self._observer.upstream_exchange(operation, status, time.perf_counter() - started)
         return _Answer(status, response.headers, payload)
 
 
@@ -270,7 +457,9 @@ async def _read_capped(response: httpx.Response) -> bytes:
     return b"".join(chunks)
 
 
-def _status_error(answer: _Answer, kind: type[UpstreamStatusError]) -> UpstreamStatusError:
+def _status_error(
+    answer: _Answer, kind: type[UpstreamStatusError] = UpstreamStatusError
+) -> UpstreamStatusError:
     envelope = parse_error_body(answer.body)
     return kind(
         answer.status,

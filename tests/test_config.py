@@ -157,6 +157,11 @@ def test_every_serve_flag_has_an_environment_test() -> None:
         "--no-reflection",
         "--shutdown-grace",
         "--workers",
+        "--upstream-rate-limit",
+        "--upstream-burst",
+        "--upstream-max-in-flight",
+        "--upstream-max-waiting",
+        "--upstream-retries",
     }
 
     assert flags == {setting.flag for setting in SETTINGS} | explicitly_tested
@@ -203,6 +208,39 @@ def test_workers_come_from_flag_or_environment_and_are_bounded() -> None:
     assert load(["--workers", "2"], TOKEN_ENV).workers == 2
     assert load([], {**TOKEN_ENV, "IDENTITY_GATEWAY_WORKERS": "3"}).workers == 3
     assert "--workers" in config_error(["--workers", "0"], TOKEN_ENV)
+
+
+@pytest.mark.parametrize(
+    ("flag", "attribute", "default", "value"),
+    [
+        ("--upstream-rate-limit", "upstream_rate_limit", 20.0, 0.0),
+        ("--upstream-burst", "upstream_burst", 60, 5),
+        ("--upstream-max-in-flight", "upstream_max_in_flight", 32, 4),
+        ("--upstream-max-waiting", "upstream_max_waiting", 256, 0),
+        ("--upstream-retries", "upstream_retries", 2, 0),
+    ],
+)
+def test_upstream_safeguards_have_defaults_flags_and_environment_variables(
+    flag: str, attribute: str, default: float, value: float
+) -> None:
+    env_var = "IDENTITY_GATEWAY_" + flag.removeprefix("--").upper().replace("-", "_")
+    assert getattr(load([], TOKEN_ENV), attribute) == default
+    assert getattr(load([flag, str(value)], TOKEN_ENV), attribute) == value
+    assert getattr(load([], {**TOKEN_ENV, env_var: str(value)}), attribute) == value
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--upstream-rate-limit", "-1"],
+        ["--upstream-burst", "0"],
+        ["--upstream-max-in-flight", "0"],
+        ["--upstream-max-waiting", "-1"],
+        ["--upstream-retries", "11"],
+    ],
+)
+def test_bad_upstream_safeguards_are_rejected_naming_the_flag(argv: list[str]) -> None:
+    assert argv[0] in config_error(argv, TOKEN_ENV)
 
 
 def test_shutdown_grace_comes_from_flag_then_environment_then_default() -> None:

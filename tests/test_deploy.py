@@ -473,6 +473,15 @@ def test_metrics_container_port_is_the_metrics_listen_port() -> None:
     assert int(annotations.get("prometheus.io/port", port)) == port
 
 
+def test_every_worker_metrics_port_is_declared() -> None:
+    # With --workers N, worker k serves its metrics on the metrics port + k (gateway.workers).
+    workers = int(effective_setting("workers"))
+    first = port_of(effective_setting("metrics-listen"))
+    declared = {int(p["containerPort"]) for p in gateway_container()["ports"]}
+    missing = {first + k for k in range(workers)} - declared
+    assert not missing, f"{workers} workers serve metrics on undeclared ports {sorted(missing)}"
+
+
 def test_ca_file_setting_points_at_the_mounted_ca() -> None:
     ca_file = PurePosixPath(effective_setting("upstream-ca-file"))
     mounts = {PurePosixPath(m["mountPath"]): m["name"] for m in gateway_container()["volumeMounts"]}

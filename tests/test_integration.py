@@ -209,9 +209,9 @@ async def test_a_revoked_token_causes_exactly_one_relogin(
 async def test_errors_are_not_cached(emulator: RunningEmulator, gateway: Gateway) -> None:
     wa_id = known_contact(emulator)
     emulator.state.add_fault(
-        Fault(identity_path(wa_id), status=503, json=error_envelope(1016), times=1)
+        Fault(identity_path(wa_id), status=500, json=error_envelope(1014), times=1)
     )
-    assert (await gateway.get(wa_id)).code == grpc.StatusCode.UNAVAILABLE
+    assert (await gateway.get(wa_id)).code == grpc.StatusCode.INTERNAL
     assert (await gateway.get(wa_id)).ok
 
 
@@ -271,7 +271,7 @@ async def test_acknowledging_a_stale_hash_is_a_hash_mismatch_and_refreshes_the_c
 UPSTREAM_ERROR_ROWS: list[tuple[str, Fault, grpc.StatusCode, str, dict[str, str], float | None]] = [
     (
         "400-rejected",
-        Fault("/v1/contacts/*", status=400, json=error_envelope(1025, "bad")),
+        Fault("/v1/contacts/*", times=None, status=400, json=error_envelope(1025, "bad")),
         grpc.StatusCode.INTERNAL,
         "UPSTREAM_REJECTED_REQUEST",
         {"upstreamStatus": "400", "whatsappCode": "1025"},
@@ -279,7 +279,7 @@ UPSTREAM_ERROR_ROWS: list[tuple[str, Fault, grpc.StatusCode, str, dict[str, str]
     ),
     (
         "422-rejected",
-        Fault("/v1/contacts/*", status=422),
+        Fault("/v1/contacts/*", times=None, status=422),
         grpc.StatusCode.INTERNAL,
         "UPSTREAM_REJECTED_REQUEST",
         {"upstreamStatus": "422"},
@@ -287,7 +287,7 @@ UPSTREAM_ERROR_ROWS: list[tuple[str, Fault, grpc.StatusCode, str, dict[str, str]
     ),
     (
         "403-auth",
-        Fault("/v1/contacts/*", status=403, json=error_envelope(1005)),
+        Fault("/v1/contacts/*", times=None, status=403, json=error_envelope(1005)),
         grpc.StatusCode.INTERNAL,
         "UPSTREAM_AUTH_FAILED",
         {"upstreamStatus": "403", "whatsappCode": "1005"},
@@ -295,7 +295,7 @@ UPSTREAM_ERROR_ROWS: list[tuple[str, Fault, grpc.StatusCode, str, dict[str, str]
     ),
     (
         "401-after-relogin",
-        Fault("/v1/contacts/*", status=401, times=None),
+        Fault("/v1/contacts/*", times=None, status=401),
         grpc.StatusCode.INTERNAL,
         "UPSTREAM_AUTH_FAILED",
         {"upstreamStatus": "401"},
@@ -313,7 +313,7 @@ UPSTREAM_ERROR_ROWS: list[tuple[str, Fault, grpc.StatusCode, str, dict[str, str]
     ),
     (
         "429-default-delay",
-        Fault("/v1/contacts/*", status=429),
+        Fault("/v1/contacts/*", times=None, status=429),
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         "UPSTREAM_RATE_LIMITED",
         {"upstreamStatus": "429"},
@@ -321,7 +321,7 @@ UPSTREAM_ERROR_ROWS: list[tuple[str, Fault, grpc.StatusCode, str, dict[str, str]
     ),
     (
         "503-overloaded",
-        Fault("/v1/contacts/*", status=503, json=error_envelope(1016)),
+        Fault("/v1/contacts/*", times=None, status=503, json=error_envelope(1016)),
         grpc.StatusCode.UNAVAILABLE,
         "UPSTREAM_UNAVAILABLE",
         {"upstreamStatus": "503", "whatsappCode": "1016"},
@@ -331,6 +331,7 @@ UPSTREAM_ERROR_ROWS: list[tuple[str, Fault, grpc.StatusCode, str, dict[str, str]
         "502-html",
         Fault(
             "/v1/contacts/*",
+            times=None,
             status=502,
             body="<html><body>Bad Gateway at 10.0.0.7</body></html>",
             headers={"Content-Type": "text/html"},
@@ -342,7 +343,12 @@ UPSTREAM_ERROR_ROWS: list[tuple[str, Fault, grpc.StatusCode, str, dict[str, str]
     ),
     (
         "500-internal",
-        Fault("/v1/contacts/*", status=500, json=error_envelope(1014, "stack trace: secret")),
+        Fault(
+            "/v1/contacts/*",
+            times=None,
+            status=500,
+            json=error_envelope(1014, "stack trace: secret"),
+        ),
         grpc.StatusCode.INTERNAL,
         "UPSTREAM_INTERNAL_ERROR",
         {"upstreamStatus": "500", "whatsappCode": "1014"},
@@ -350,7 +356,7 @@ UPSTREAM_ERROR_ROWS: list[tuple[str, Fault, grpc.StatusCode, str, dict[str, str]
     ),
     (
         "418-other",
-        Fault("/v1/contacts/*", status=418),
+        Fault("/v1/contacts/*", times=None, status=418),
         grpc.StatusCode.INTERNAL,
         "UPSTREAM_ERROR",
         {"upstreamStatus": "418"},
@@ -358,7 +364,7 @@ UPSTREAM_ERROR_ROWS: list[tuple[str, Fault, grpc.StatusCode, str, dict[str, str]
     ),
     (
         "malformed-200",
-        Fault("/v1/contacts/*", malformed=True),
+        Fault("/v1/contacts/*", times=None, malformed=True),
         grpc.StatusCode.INTERNAL,
         "UPSTREAM_BAD_RESPONSE",
         {},
@@ -366,7 +372,7 @@ UPSTREAM_ERROR_ROWS: list[tuple[str, Fault, grpc.StatusCode, str, dict[str, str]
     ),
     (
         "oversized-200",
-        Fault("/v1/contacts/*", body_size=10 * 1024 * 1024),
+        Fault("/v1/contacts/*", times=None, body_size=10 * 1024 * 1024),
         grpc.StatusCode.INTERNAL,
         "UPSTREAM_BAD_RESPONSE",
         {},
@@ -374,7 +380,7 @@ UPSTREAM_ERROR_ROWS: list[tuple[str, Fault, grpc.StatusCode, str, dict[str, str]
     ),
     (
         "dropped-connection",
-        Fault("/v1/contacts/*", drop=True),
+        Fault("/v1/contacts/*", times=None, drop=True),
         grpc.StatusCode.UNAVAILABLE,
         "UPSTREAM_UNAVAILABLE",
         {},
@@ -382,7 +388,7 @@ UPSTREAM_ERROR_ROWS: list[tuple[str, Fault, grpc.StatusCode, str, dict[str, str]
     ),
     (
         "dropped-mid-body",
-        Fault("/v1/contacts/*", drop_mid_body=True),
+        Fault("/v1/contacts/*", times=None, drop_mid_body=True),
         grpc.StatusCode.UNAVAILABLE,
         "UPSTREAM_UNAVAILABLE",
         {},
