@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 from gateway import __version__
 from gateway.config import ConfigError, GatewayConfig, split_host_port
 from gateway.logs import configure_logging
+from gateway.policy import Policy, PolicyError, load_policy
 
 ENV_PREFIX = "IDENTITY_GATEWAY_"
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -50,6 +51,7 @@ SERVE_SETTINGS: tuple[tuple[str, type, object], ...] = (
     ("upstream-max-in-flight", int, 32),
     ("upstream-max-waiting", int, 256),
     ("upstream-retries", int, 2),
+    ("authz-policy", Path, None),
 )
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -173,7 +175,18 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Ga
         upstream_max_in_flight=int(str(values["upstream-max-in-flight"])),
         upstream_max_waiting=int(str(values["upstream-max-waiting"])),
         upstream_retries=int(str(values["upstream-retries"])),
+        authz_policy=_policy(values["authz-policy"]),
     )
+
+
+def _policy(path: object) -> Policy | None:
+    """The caller-authorization policy at ``path``, checked now so a bad one stops start-up."""
+    if not isinstance(path, Path):
+        return None
+    try:
+        return load_policy(path)
+    except PolicyError as error:
+        raise ConfigError(f"--authz-policy {path}: {error}") from None
 
 
 def _secret(path: object, environ: Mapping[str, str], name: str) -> str | None:

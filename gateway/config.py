@@ -17,6 +17,8 @@ import ssl
 import urllib.parse
 from pathlib import Path
 
+from gateway.policy import Policy
+
 
 class ConfigError(ValueError):
     """A setting is missing, malformed or contradicts another; the message names it."""
@@ -50,6 +52,7 @@ class GatewayConfig:
     upstream_max_in_flight: int = 32
     upstream_max_waiting: int = 256
     upstream_retries: int = 2
+    authz_policy: Policy | None = None  # caller authorization; None = every caller allowed
     shutdown_grace: float = 10.0
     reflection: bool = True
     workers: int = 1

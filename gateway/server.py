@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import exposition
 from whatsapp.identity.v1 import identity_pb2
 
+from gateway.authz import Authorizer
 from gateway.cache import IdentityCache
 from gateway.config import GatewayConfig, split_host_port
 from gateway.logs import AccessLog
@@ -61,7 +62,10 @@ class GatewayServer:
             ]
         )
         self.access_log = AccessLog()
-        self._servicer = IdentityServicer(self.client, self.cache, self.metrics, self.access_log)
+        authorizer = Authorizer(config.authz_policy) if config.authz_policy else None
+        self._servicer = IdentityServicer(
+            self.client, self.cache, self.metrics, self.access_log, authorizer
+        )
         add_to_server(self._servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         if config.reflection:

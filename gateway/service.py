@@ -20,9 +20,17 @@ from google.protobuf import timestamp_pb2
 from grpc_status import rpc_status
 from whatsapp.identity.v1 import identity_pb2, identity_pb2_grpc
 
+from gateway.authz import Authorizer, Caller, audit_acknowledge
 from gateway.cache import IdentityCache, SingleFlight
 from gateway.deadline import caller_deadline
-from gateway.errors import Operation, Reason, UpstreamStatusError, rule_for, to_status
+from gateway.errors import (
+    Operation,
+    PermissionDenied,
+    Reason,
+    UpstreamStatusError,
+    rule_for,
+    to_status,
+)
 from gateway.logs import AccessLog, RequestIds, mask_wa_id, request_id
 from gateway.metrics import Metrics
 from gateway.parse import UpstreamIdentity
@@ -64,11 +72,13 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         cache: IdentityCache[bytes],
         metrics: Metrics,
         access_log: AccessLog | None = None,
+        authorizer: Authorizer | None = None,
     ) -> None:
         self._client = client
         self._cache = cache
         self._metrics = metrics
         self._access_log = access_log or AccessLog()
+        self._authorizer = authorizer
         self._request_ids = RequestIds()
         self._flights: SingleFlight[identity_pb2.GetIdentityResponse] = SingleFlight()
         self._in_flight = 0
@@ -178,14 +188,20 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         method = operation.value
         started = time.perf_counter()
         self._metrics.rpc_started(method)
-        record = RpcRecord(context.invocation_metadata(), self._request_ids)
+        metadata = context.invocation_metadata()
+        record = RpcRecord(metadata, self._request_ids)
         request_id.set(record.request_id)  # this RPC's own task context: no reset needed
         self._in_flight += 1
         code = grpc.StatusCode.OK
         reason = None
+        caller: Caller | None = None
         try:
+            if self._authorizer is not None:
+                caller = self._authorizer.authorize(method, metadata)
             return await handler(request, context, record)
         except Exception as error:  # the one place every failure becomes a status
+            if isinstance(error, PermissionDenied):
+                caller = error.caller  # known, but refused: the audit line names it
             status = to_status(error, operation)
             code = _CODES[status.code]
             reason = rule_for(error, operation).reason
@@ -204,6 +220,11 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
                 self._idle.set()
             elapsed = time.perf_counter() - started
             self._metrics.rpc_handled(method, code, elapsed)
+            if operation is Operation.ACKNOWLEDGE:
+                outcome = reason.value if reason else code.name
+                audit_acknowledge(
+                    caller, record.wa_id or request.wa_id, request.hash, outcome, record.request_id
+                )
             if self._access_log.enabled:
                 self._access_log.write(
                     {

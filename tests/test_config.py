@@ -162,6 +162,7 @@ def test_every_serve_flag_has_an_environment_test() -> None:
         "--upstream-max-in-flight",
         "--upstream-max-waiting",
         "--upstream-retries",
+        "--authz-policy",
     }
 
     assert flags == {setting.flag for setting in SETTINGS} | explicitly_tested
