@@ -15,7 +15,7 @@ PROTO := whatsapp/identity/v1/identity.proto
 GATEWAY_PORT ?= 50051
 EMULATOR_PORT ?= 9090
 
-.PHONY: run test check proto proto-check lint-proto fmt clean
+.PHONY: run test check proto proto-check lint-proto fmt clean bench bench-smoke soak
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,18 @@ fmt: $(STAMP)
 	$(BIN)/ruff format gateway tests bench
 	$(BIN)/ruff check --fix gateway tests bench
 
+# The §5 figures: h2load (apt-get install nghttp2-client) or ghz if installed, else a Python
+# driver. A few minutes; the table is printed and written to bench/results/.
+bench: $(STAMP)
+	$(BIN)/python bench/bench.py
+
+bench-smoke: $(STAMP)
+	$(BIN)/python bench/bench.py --smoke --out .bench-smoke
+
+# Five minutes of mixed load while the emulator injects faults (not part of make test).
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py --duration 300
+
 # generated/ is committed; this rebuilds it with the pinned grpcio-tools.
 proto: $(STAMP)
 	$(BIN)/python tools/genproto.py generated
@@ -61,4 +73,4 @@ lint-proto: $(NODE_TOOLS)
 	$(BUF) lint
 
 clean:
-	rm -rf $(VENV) tools/node_modules clients/node/node_modules .proto-check .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) tools/node_modules clients/node/node_modules .proto-check .bench-smoke .mypy_cache .pytest_cache .ruff_cache

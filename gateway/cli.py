@@ -48,7 +48,7 @@ SERVE_SETTINGS: tuple[tuple[str, type, object], ...] = (
     ("workers", int, 1),
     ("upstream-rate-limit", float, 20.0),
     ("upstream-burst", int, 60),
-    ("upstream-max-in-flight", int, 32),
+    ("upstream-max-in-flight", int, 8),
     ("upstream-max-waiting", int, 256),
     ("upstream-retries", int, 2),
     ("authz-policy", Path, None),

@@ -49,7 +49,7 @@ class GatewayConfig:
     log_level: str = "info"
     upstream_rate_limit: float = 20.0  # requests/s toward WhatsApp; 0 turns pacing off
     upstream_burst: int = 60
-    upstream_max_in_flight: int = 32
+    upstream_max_in_flight: int = 8
     upstream_max_waiting: int = 256
     upstream_retries: int = 2
     authz_policy: Policy | None = None  # caller authorization; None = every caller allowed

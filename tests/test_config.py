@@ -216,7 +216,7 @@ def test_workers_come_from_flag_or_environment_and_are_bounded() -> None:
     [
         ("--upstream-rate-limit", "upstream_rate_limit", 20.0, 0.0),
         ("--upstream-burst", "upstream_burst", 60, 5),
-        ("--upstream-max-in-flight", "upstream_max_in_flight", 32, 4),
+        ("--upstream-max-in-flight", "upstream_max_in_flight", 8, 4),
         ("--upstream-max-waiting", "upstream_max_waiting", 256, 0),
         ("--upstream-retries", "upstream_retries", 2, 0),
     ],

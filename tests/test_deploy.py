@@ -38,6 +38,10 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 # The two secrets are environment variables only, never flags (gateway.cli._secret).
 SECRET_ENV = frozenset({ENV_PREFIX + "UPSTREAM_PASSWORD", ENV_PREFIX + "UPSTREAM_TOKEN"})
 SETTING_ENV = frozenset(env_name(flag) for flag, _, _ in SERVE_SETTINGS)
+# WhatsApp's documented request-rate limit for the whole API (spec: whatsapp-api.md, "Rate limits
+# and overload"): an external fact, so it cannot be imported.
+WHATSAPP_REQUESTS_PER_SECOND = 20.0
+WHATSAPP_BURST = 60
 # Files in deploy/kubernetes/ that show a shape but hold placeholders; they are created out of
 # band and must never be applied by kustomization.yaml.
 EXAMPLES = frozenset({"secret.yaml", "whatsapp-ca.yaml"})
@@ -473,6 +477,19 @@ def test_metrics_container_port_is_the_metrics_listen_port() -> None:
     assert int(annotations.get("prometheus.io/port", port)) == port
 
 
+def test_pods_together_stay_within_whatsapps_rate_limit() -> None:
+    # Every gateway process paces itself, so the limits add up across workers and pods, counting
+    # the surge pod that serves alongside the others during a rollout.
+    spec = the("Deployment")["spec"]
+    surge = spec["strategy"]["rollingUpdate"]["maxSurge"]
+    assert isinstance(surge, int), "use a pod count for maxSurge, so the share can be checked"
+    processes = (spec["replicas"] + surge) * int(effective_setting("workers"))
+    rate = float(effective_setting("upstream-rate-limit"))
+    assert rate > 0, "0 turns the gateway's pacing toward WhatsApp off"
+    assert processes * rate <= WHATSAPP_REQUESTS_PER_SECOND
+    assert processes * int(effective_setting("upstream-burst")) <= WHATSAPP_BURST
+
+
 def test_every_worker_metrics_port_is_declared() -> None:
     # With --workers N, worker k serves its metrics on the metrics port + k (gateway.workers).
     workers = int(effective_setting("workers"))
@@ -574,10 +591,13 @@ def test_virtual_service_retries_only_unavailable() -> None:
         assert seconds(retries["perTryTimeout"]) > 0
 
 
-def test_per_try_timeout_lets_the_gateway_time_out_first() -> None:
-    upstream_timeout = float(effective_setting("upstream-timeout"))
+def test_per_try_timeout_never_cuts_the_gateways_own_retries() -> None:
+    # Envoy does not retry an attempt it cut at perTryTimeout (retryOn has no 5xx/reset), so the
+    # cut must not fall inside the gateway's own upstream attempts.
+    attempts = 1 + int(effective_setting("upstream-retries"))
+    gateway_work = attempts * float(effective_setting("upstream-timeout"))
     for route in http_routes():
-        assert seconds(route["retries"]["perTryTimeout"]) > upstream_timeout
+        assert seconds(route["retries"]["perTryTimeout"]) > gateway_work
 
 
 def test_mesh_rules_target_the_service_grpc_port() -> None:
