@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from gateway.errors import UpstreamError, UpstreamStatusError
+from gateway.errors import LoginFailed, UpstreamError, UpstreamStatusError
 from gateway.parse import LoginToken
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,10 @@ class TokenSource(Protocol):
         """``token`` was refused with a 401: a fresh token to retry with once."""
         ...
 
+    def renewal_refused(self, token: str) -> None:
+        """``token``, just obtained from :meth:`rejected`, was refused too (a 401 storm)."""
+        ...
+
     async def aclose(self) -> None:
         """Stop any background work."""
         ...
@@ -66,6 +70,9 @@ class StaticToken:
 
     async def rejected(self, token: str) -> str:
         return self._token
+
+    def renewal_refused(self, token: str) -> None:
+        return None
 
     async def aclose(self) -> None:
         return None
@@ -116,6 +123,14 @@ class LoginSession:
         if self._token is not None:
             return self._token
         return await self._wait_for_login()
+
+    def renewal_refused(self, token: str) -> None:
+        # WhatsApp refuses even a token it has just issued. Logging in again for every request
+        # would hammer the login endpoint; treat it as a failed login instead, so the backoff
+        # applies and callers fail fast until it has passed.
+        if self._token == token:
+            self._token = None
+            self._failed(LoginFailed(401, title="a newly issued token was refused"))
 
     async def aclose(self) -> None:
         if self._task is not None and not self._task.done():

@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
+from google.protobuf.message import DecodeError, Message
 from grpc_status import rpc_status
 from whatsapp.identity.v1 import identity_pb2, identity_pb2_grpc
 
@@ -24,6 +25,8 @@ from gateway.authz import Authorizer, Caller, audit_acknowledge
 from gateway.cache import IdentityCache, SingleFlight
 from gateway.deadline import caller_deadline
 from gateway.errors import (
+    FieldViolation,
+    InvalidArgument,
     Operation,
     PermissionDenied,
     Reason,
@@ -198,6 +201,11 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         try:
             if self._authorizer is not None:
                 caller = self._authorizer.authorize(method, metadata)
+            if isinstance(request, Undecodable):
+                raise InvalidArgument(
+                    Reason.MALFORMED_REQUEST,
+                    [FieldViolation("request", f"not a valid {request.message_name}")],
+                )
             return await handler(request, context, record)
         except Exception as error:  # the one place every failure becomes a status
             if isinstance(error, PermissionDenied):
@@ -222,9 +230,9 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             self._metrics.rpc_handled(method, code, elapsed)
             if operation is Operation.ACKNOWLEDGE:
                 outcome = reason.value if reason else code.name
-                audit_acknowledge(
-                    caller, record.wa_id or request.wa_id, request.hash, outcome, record.request_id
-                )
+                wa_id = record.wa_id or str(getattr(request, "wa_id", ""))  # none if Undecodable
+                identity_hash = str(getattr(request, "hash", ""))
+                audit_acknowledge(caller, wa_id, identity_hash, outcome, record.request_id)
             if self._access_log.enabled:
                 self._access_log.write(
                     {
@@ -284,18 +292,43 @@ def _serialize(response: Any) -> bytes:
     return serialized
 
 
+class Undecodable:
+    """Stands for request bytes that are not a valid message (bad wire format, invalid UTF-8).
+
+    gRPC would answer a deserializer's exception with a bare INTERNAL; handing this to the
+    servicer instead lets the boundary answer INVALID_ARGUMENT with the usual details.
+    """
+
+    __slots__ = ("message_name",)
+
+    def __init__(self, message_name: str) -> None:
+        self.message_name = message_name
+
+
+def _deserializer(message: type[Message]) -> Callable[[bytes], Message | Undecodable]:
+    name = message.DESCRIPTOR.full_name
+
+    def deserialize(data: bytes) -> Message | Undecodable:
+        try:
+            return message.FromString(data)
+        except DecodeError:
+            return Undecodable(name)
+
+    return deserialize
+
+
 def add_to_server(servicer: IdentityServicer, server: grpc.aio.Server) -> None:
     """Register ``servicer`` like the generated ``add_IdentityServiceServicer_to_server``, but
     with a serializer that sends cached answers without building or serializing anything."""
     handlers = {
         "GetIdentity": grpc.unary_unary_rpc_method_handler(
             servicer.GetIdentity,
-            request_deserializer=identity_pb2.GetIdentityRequest.FromString,
+            request_deserializer=_deserializer(identity_pb2.GetIdentityRequest),
             response_serializer=_serialize,
         ),
         "AcknowledgeIdentity": grpc.unary_unary_rpc_method_handler(
             servicer.AcknowledgeIdentity,
-            request_deserializer=identity_pb2.AcknowledgeIdentityRequest.FromString,
+            request_deserializer=_deserializer(identity_pb2.AcknowledgeIdentityRequest),
             response_serializer=_serialize,
         ),
     }

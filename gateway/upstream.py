@@ -390,6 +390,8 @@ class WhatsAppClient:
                     token = await self.tokens.rejected(token)
                     await self._paced()
                     answer = await self._exchange(method, method, path, headers, body, token=token)
+                    if answer.status == 401:
+                        self.tokens.renewal_refused(token)
         except Overloaded:
             self._observer.upstream_rejected("overloaded")
             raise
