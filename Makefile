@@ -15,7 +15,7 @@ PROTO := whatsapp/identity/v1/identity.proto
 GATEWAY_PORT ?= 50051
 EMULATOR_PORT ?= 9090
 
-.PHONY: run test check proto proto-check lint-proto fmt clean bench bench-smoke soak
+.PHONY: run test check proto proto-check lint-proto breaking-proto fmt clean bench bench-smoke soak
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,7 @@ run: $(STAMP)
 test: check $(NODE_CLIENT)
 	$(BIN)/python -m pytest
 
-check: $(STAMP) $(NODE_TOOLS) proto-check lint-proto
+check: $(STAMP) $(NODE_TOOLS) proto-check lint-proto breaking-proto
 	$(BIN)/ruff format --check gateway tests bench
 	$(BIN)/ruff check gateway tests bench
 	$(BIN)/mypy
@@ -71,6 +71,11 @@ proto-check: $(STAMP)
 
 lint-proto: $(NODE_TOOLS)
 	$(BUF) lint
+
+# The contract may grow but never break: compared with the released v1 (an image built from
+# the commit that published it, kept in contract/).
+breaking-proto: $(NODE_TOOLS)
+	$(BUF) breaking --against contract/identity-v1.binpb
 
 clean:
 	rm -rf $(VENV) tools/node_modules clients/node/node_modules .proto-check .bench-smoke .mypy_cache .pytest_cache .ruff_cache

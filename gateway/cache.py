@@ -18,7 +18,7 @@ import asyncio
 import collections
 import time
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
 V = TypeVar("V")
@@ -89,6 +89,35 @@ class IdentityCache(Generic[V]):
     def invalidate(self, wa_id: str) -> None:
         """Forget ``wa_id``."""
         self._entries.pop(wa_id, None)
+
+
+class IdentityStore(Protocol):
+    """Where the servicer keeps cached answers: this process (:class:`MemoryStore`) or Redis,
+    shared by every replica (``gateway.redis_store.RedisIdentityStore``)."""
+
+    async def get_fresh(self, wa_id: str) -> bytes | None: ...
+    async def put(self, wa_id: str, payload: bytes) -> None: ...
+    async def update(self, wa_id: str, change: Callable[[bytes], bytes | None]) -> None: ...
+    async def invalidate(self, wa_id: str) -> None: ...
+
+
+class MemoryStore:
+    """An :class:`IdentityCache` behind the store interface."""
+
+    def __init__(self, cache: IdentityCache[bytes]) -> None:
+        self.cache = cache
+
+    async def get_fresh(self, wa_id: str) -> bytes | None:
+        return self.cache.get_fresh(wa_id)
+
+    async def put(self, wa_id: str, payload: bytes) -> None:
+        self.cache.put(wa_id, payload)
+
+    async def update(self, wa_id: str, change: Callable[[bytes], bytes | None]) -> None:
+        self.cache.update(wa_id, change)
+
+    async def invalidate(self, wa_id: str) -> None:
+        self.cache.invalidate(wa_id)
 
 
 class _Flight(Generic[T]):

@@ -52,6 +52,9 @@ SERVE_SETTINGS: tuple[tuple[str, type, object], ...] = (
     ("upstream-max-waiting", int, 256),
     ("upstream-retries", int, 2),
     ("authz-policy", Path, None),
+    ("tls-cert", Path, None),
+    ("tls-key", Path, None),
+    ("tls-client-ca", Path, None),
 )
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -120,12 +123,20 @@ def build_parser() -> argparse.ArgumentParser:
     get = commands.add_parser("get", help="read an identity through a running gateway")
     get.add_argument("wa_id")
     get.add_argument("--bypass-cache", action="store_true", help="read from WhatsApp")
-    get.add_argument("--target", default=DEFAULT_TARGET, help=f"HOST:PORT ({DEFAULT_TARGET})")
-
     ack = commands.add_parser("ack", help="acknowledge an identity through a running gateway")
     ack.add_argument("wa_id")
     ack.add_argument("hash")
-    ack.add_argument("--target", default=DEFAULT_TARGET, help=f"HOST:PORT ({DEFAULT_TARGET})")
+    for client in (get, ack):
+        client.add_argument(
+            "--target", default=DEFAULT_TARGET, help=f"HOST:PORT ({DEFAULT_TARGET})"
+        )
+        client.add_argument(
+            "--ca-file", type=Path, help="use TLS, trusting the gateway's certificate to this CA"
+        )
+        client.add_argument(
+            "--cert-file", type=Path, help="client certificate for mutual TLS (with --ca-file)"
+        )
+        client.add_argument("--key-file", type=Path, help="the client certificate's private key")
     return parser
 
 
@@ -176,6 +187,9 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Ga
         upstream_max_waiting=int(str(values["upstream-max-waiting"])),
         upstream_retries=int(str(values["upstream-retries"])),
         authz_policy=_policy(values["authz-policy"]),
+        tls_cert=_optional_path(values["tls-cert"]),
+        tls_key=_optional_path(values["tls-key"]),
+        tls_client_ca=_optional_path(values["tls-client-ca"]),
     )
 
 
@@ -220,17 +234,52 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return _serve(args, env)
     if args.command == "emulator":
         return _emulator(args, env)
+    try:
+        tls = _client_tls(args)
+    except ConfigError as error:
+        print(f"identity-gateway {args.command}: {error}", file=sys.stderr)
+        return EXIT_CONFIG
     # grpc is imported only where it is used: `serve --workers` forks before any grpc exists.
     import grpc
 
     from gateway.client import run_ack, run_get
 
-    with grpc.insecure_channel(args.target) as channel:
+    if tls is None:
+        channel = grpc.insecure_channel(args.target)
+    else:
+        ca, key, chain = tls
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=ca, private_key=key, certificate_chain=chain
+        )
+        channel = grpc.secure_channel(args.target, credentials)
+    with channel:
         if args.command == "get":
             return run_get(
                 channel, args.wa_id, bypass_cache=args.bypass_cache, out=sys.stdout, err=sys.stderr
             )
         return run_ack(channel, args.wa_id, args.hash, out=sys.stdout, err=sys.stderr)
+
+
+def _client_tls(args: argparse.Namespace) -> tuple[bytes, bytes | None, bytes | None] | None:
+    """``get``/``ack``: (CA, client key, client chain) as PEM for a TLS channel, or None for
+    plaintext. The gateway checks the files' contents in the handshake."""
+    if args.ca_file is None:
+        if args.cert_file is not None or args.key_file is not None:
+            raise ConfigError("--cert-file and --key-file need --ca-file")
+        return None
+    if (args.cert_file is None) != (args.key_file is None):
+        raise ConfigError("--cert-file and --key-file go together")
+    ca = _read_pem(args.ca_file, "--ca-file")
+    if args.cert_file is None:
+        return ca, None, None
+    return ca, _read_pem(args.key_file, "--key-file"), _read_pem(args.cert_file, "--cert-file")
+
+
+def _read_pem(path: Path, flag: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"{flag} {path} is unreadable: {error.strerror}") from None
 
 
 def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:

@@ -42,6 +42,9 @@ class GatewayConfig:
     upstream_token: str | None = dataclasses.field(default=None, repr=False)
     upstream_ca_file: Path | None = None
     upstream_insecure: bool = False
+    tls_cert: Path | None = None  # the gRPC listener's certificate chain (PEM); None = plaintext
+    tls_key: Path | None = None  # its private key (PEM, unencrypted)
+    tls_client_ca: Path | None = None  # CA bundle that client certificates must chain to (mTLS)
     upstream_timeout: float = 5.0
     cache_ttl: float = 30.0
     cache_max_entries: int = 100_000
@@ -88,6 +91,7 @@ class GatewayConfig:
             raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
         if self.upstream_ca_file is not None:
             self._check_ca_file(self.upstream_ca_file)
+        self._check_listener_tls()
 
     def _check_upstream_url(self) -> None:
         if not self.upstream_url:
@@ -134,6 +138,57 @@ class GatewayConfig:
         except (OSError, ssl.SSLError) as error:
             raise ConfigError(f"--upstream-ca-file {path} is unreadable: {error}") from None
 
+    def _check_listener_tls(self) -> None:
+        """The listener's certificate, key and client CA: present together, readable, matching.
+
+        Messages name the flag and the path, never file contents: the key is a secret.
+        """
+        if (self.tls_cert is None) != (self.tls_key is None):
+            missing = "--tls-key" if self.tls_key is None else "--tls-cert"
+            raise ConfigError(f"--tls-cert and --tls-key go together: {missing} is missing")
+        if self.tls_cert is None or self.tls_key is None:
+            if self.tls_client_ca is not None:
+                raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
+            return
+        _read_file(self.tls_cert, "--tls-cert")
+        _read_file(self.tls_key, "--tls-key")
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=str(self.tls_cert))
+        except (OSError, ssl.SSLError):
+            raise ConfigError(f"--tls-cert {self.tls_cert} holds no PEM certificate") from None
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(
+                str(self.tls_cert), str(self.tls_key), password=_refuse_passphrase
+            )
+        except _EncryptedKey:
+            raise ConfigError(
+                f"--tls-key {self.tls_key} is encrypted; give it unencrypted (gRPC takes no "
+                "passphrase)"
+            ) from None
+        except (OSError, ssl.SSLError) as error:
+            if getattr(error, "reason", None) == "KEY_VALUES_MISMATCH":
+                raise ConfigError(
+                    f"--tls-key {self.tls_key} does not match the certificate in --tls-cert"
+                ) from None
+            raise ConfigError(f"--tls-key {self.tls_key} holds no PEM private key") from None
+        if self.tls_client_ca is not None:
+            _read_file(self.tls_client_ca, "--tls-client-ca")
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(
+                    cafile=str(self.tls_client_ca)
+                )
+            except (OSError, ssl.SSLError):
+                raise ConfigError(
+                    f"--tls-client-ca {self.tls_client_ca} holds no PEM certificate"
+                ) from None
+
+    @property
+    def listener_security(self) -> str:
+        """``plaintext``, ``tls`` or ``mtls``: how the gRPC listener meets its callers."""
+        if self.tls_cert is None:
+            return "plaintext"
+        return "tls" if self.tls_client_ca is None else "mtls"
+
     @property
     def login_mode(self) -> bool:
         """True when the gateway logs in with a username and password."""
@@ -151,6 +206,25 @@ def split_host_port(address: str, flag: str) -> tuple[str, int]:
     if not sep or not host or not port.isascii() or not port.isdigit() or int(port) > 65535:
         raise ConfigError(f"{flag} must be HOST:PORT, got {address!r}")
     return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+class _EncryptedKey(Exception):
+    """Raised from the passphrase callback: a key that needs one cannot be given to gRPC."""
+
+
+def _refuse_passphrase() -> bytes:
+    # Without a callback, OpenSSL would prompt on the terminal for the passphrase.
+    raise _EncryptedKey
+
+
+def _read_file(path: Path, flag: str) -> bytes:
+    """The bytes of ``path``; a ConfigError naming ``flag`` and the reason if it cannot be read."""
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise ConfigError(
+            f"{flag} {path} is unreadable: {error.strerror or 'cannot read it'}"
+        ) from None
 
 
 def _is_loopback(host: str) -> bool:

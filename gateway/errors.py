@@ -7,6 +7,8 @@ The exception tree is shallow; each class says what went wrong, never how to rep
     ├── DeadlineExceeded            the caller's own deadline ran out while we waited
     ├── RateLimitExceeded           the gateway's own pace toward WhatsApp would pass the deadline
     ├── Overloaded                  too many upstream requests in flight and waiting
+    ├── WatcherTooSlow              a change watcher fell too far behind
+    ├── BusClosed                   the gateway is draining; watchers should reconnect
     ├── Unauthenticated             caller authorization is on and the caller is unknown
     ├── PermissionDenied            a known caller called a method it is not granted
     └── UpstreamError               the WhatsApp API did not give a usable answer
@@ -57,6 +59,8 @@ class Operation(enum.Enum):
 
     GET = "GetIdentity"
     ACKNOWLEDGE = "AcknowledgeIdentity"
+    REPORT = "ReportIdentityChange"
+    WATCH = "WatchIdentityChanges"
     LOGIN = "login"
 
 
@@ -80,6 +84,8 @@ class Reason(enum.StrEnum):
     GATEWAY_INTERNAL = "GATEWAY_INTERNAL"
     CIRCUIT_OPEN = "CIRCUIT_OPEN"
     GATEWAY_OVERLOADED = "GATEWAY_OVERLOADED"
+    WATCHER_TOO_SLOW = "WATCHER_TOO_SLOW"
+    GATEWAY_SHUTTING_DOWN = "GATEWAY_SHUTTING_DOWN"
     CALLER_UNAUTHENTICATED = "CALLER_UNAUTHENTICATED"
     CALLER_NOT_PERMITTED = "CALLER_NOT_PERMITTED"
 
@@ -161,6 +167,17 @@ _OVERLOADED = Rule(
     True,
     "too many requests to WhatsApp in flight; try again shortly",
 )
+_TOO_SLOW = Rule(
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Reason.WATCHER_TOO_SLOW,
+    message="this watcher fell too far behind: reconnect, and read what you need with "
+    "GetIdentity to catch up",
+)
+_SHUTTING_DOWN = Rule(
+    grpc.StatusCode.UNAVAILABLE,
+    Reason.GATEWAY_SHUTTING_DOWN,
+    message="the gateway is shutting down: reconnect",
+)
 _UNAUTHENTICATED = Rule(grpc.StatusCode.UNAUTHENTICATED, Reason.CALLER_UNAUTHENTICATED)
 _NOT_PERMITTED = Rule(grpc.StatusCode.PERMISSION_DENIED, Reason.CALLER_NOT_PERMITTED)
 _BUG = Rule(grpc.StatusCode.INTERNAL, Reason.GATEWAY_INTERNAL, message="internal gateway error")
@@ -231,6 +248,14 @@ class CircuitOpen(UpstreamError):
     def __init__(self, retry_after: float) -> None:
         super().__init__("WhatsApp has been unavailable; the gateway is not calling it for now")
         self.retry_after = retry_after
+
+
+class WatcherTooSlow(GatewayError):
+    """A WatchIdentityChanges buffer filled: the watch was ended rather than grow memory."""
+
+
+class BusClosed(GatewayError):
+    """The gateway is shutting down; watchers should reconnect to another replica."""
 
 
 class RateLimitExceeded(GatewayError):
@@ -309,6 +334,10 @@ def rule_for(error: BaseException, operation: Operation) -> Rule:
         return _SHAPED
     if isinstance(error, Overloaded):
         return _OVERLOADED
+    if isinstance(error, WatcherTooSlow):
+        return _TOO_SLOW
+    if isinstance(error, BusClosed):
+        return _SHUTTING_DOWN
     if isinstance(error, UpstreamTransportError):
         return _TRANSPORT
     if isinstance(error, UpstreamBadResponse):
@@ -409,6 +438,7 @@ def _code_number(code: grpc.StatusCode) -> int:
 
 __all__ = [
     "DOMAIN",
+    "BusClosed",
     "CircuitOpen",
     "DeadlineExceeded",
     "FieldViolation",
@@ -426,6 +456,7 @@ __all__ = [
     "UpstreamStatusError",
     "UpstreamTimeout",
     "UpstreamTransportError",
+    "WatcherTooSlow",
     "rule_for",
     "to_status",
 ]

@@ -28,7 +28,8 @@ from gateway.resilience import BreakerState
 
 SERVICE = "whatsapp.identity.v1.IdentityService"
 _BREAKER_LEVELS = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
-METHODS = ("GetIdentity", "AcknowledgeIdentity")
+METHODS = ("GetIdentity", "AcknowledgeIdentity", "ReportIdentityChange", "WatchIdentityChanges")
+GRPC_TYPES = {method: "unary" for method in METHODS} | {"WatchIdentityChanges": "server_stream"}
 # Latency buckets from 0.5 ms (a cache hit) to 10 s (a slow upstream with a long deadline).
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -69,7 +70,7 @@ class _RpcCounts(Collector):
             "grpc_server_started", "RPCs started on the server.", labels=labels
         )
         for method, count in dict(self.started).items():
-            started.add_metric(["unary", SERVICE, method], count)
+            started.add_metric([GRPC_TYPES[method], SERVICE, method], count)
         yield started
         handled = CounterMetricFamily(
             "grpc_server_handled",
@@ -77,7 +78,7 @@ class _RpcCounts(Collector):
             labels=[*labels, "grpc_code"],
         )
         for (method, code), count in sorted(dict(self.handled).items()):
-            handled.add_metric(["unary", SERVICE, method, code], count)
+            handled.add_metric([GRPC_TYPES[method], SERVICE, method, code], count)
         yield handled
         handling = HistogramMetricFamily(
             "grpc_server_handling_seconds",
@@ -86,7 +87,7 @@ class _RpcCounts(Collector):
         )
         for method, histogram in self.latency.items():
             handling.add_metric(
-                ["unary", SERVICE, method], histogram.family_buckets(), histogram.sum
+                [GRPC_TYPES[method], SERVICE, method], histogram.family_buckets(), histogram.sum
             )
         yield handling
         descriptions = {

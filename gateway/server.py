@@ -5,6 +5,10 @@ Tests start a real server on port 0 and call it through a real channel::
     async with GatewayServer(config) as gateway:         # listening once entered
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}")
 
+With ``tls_cert`` and ``tls_key`` the listener speaks TLS; with ``tls_client_ca`` as well, it
+requires a client certificate from that CA (mutual TLS). Otherwise it is plaintext, for a mesh
+sidecar to wrap.
+
 :func:`serve` is what ``identity-gateway serve`` runs: it starts the server, waits for SIGTERM or
 SIGINT, then drains (spec 4.6): health turns NOT_SERVING, new RPCs are refused, in-flight RPCs get
 ``shutdown_grace`` seconds to finish, the HTTP client is closed, and it returns normally. A second
@@ -26,7 +30,8 @@ from prometheus_client import exposition
 from whatsapp.identity.v1 import identity_pb2
 
 from gateway.authz import Authorizer
-from gateway.cache import IdentityCache
+from gateway.cache import IdentityCache, MemoryStore
+from gateway.changes import ChangeBus
 from gateway.config import GatewayConfig, split_host_port
 from gateway.logs import AccessLog
 from gateway.metrics import Metrics
@@ -63,8 +68,14 @@ class GatewayServer:
         )
         self.access_log = AccessLog()
         authorizer = Authorizer(config.authz_policy) if config.authz_policy else None
+        self.changes = ChangeBus()
         self._servicer = IdentityServicer(
-            self.client, self.cache, self.metrics, self.access_log, authorizer
+            self.client,
+            MemoryStore(self.cache),
+            self.metrics,
+            self.access_log,
+            authorizer,
+            self.changes,
         )
         add_to_server(self._servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
@@ -78,8 +89,12 @@ class GatewayServer:
 
     async def start(self) -> int:
         """Bind and start serving; returns the bound port. Raises OSError if it cannot bind."""
+        credentials = _listener_credentials(self.config)
         try:
-            self.port = self._server.add_insecure_port(self.config.listen)
+            if credentials is None:
+                self.port = self._server.add_insecure_port(self.config.listen)
+            else:
+                self.port = self._server.add_secure_port(self.config.listen, credentials)
         except RuntimeError as error:
             raise OSError(f"cannot listen on {self.config.listen}: {error}") from None
         if self.config.metrics_listen is not None:
@@ -103,6 +118,7 @@ class GatewayServer:
         otherwise hold every shutdown for the whole grace period. They see NOT_SERVING, then
         are cancelled.
         """
+        await self.changes.close()  # watchers end at once (UNAVAILABLE) and reconnect elsewhere
         stopping = asyncio.ensure_future(self._server.stop(grace))
         await asyncio.sleep(0)  # let the server start refusing new RPCs
         await self.health.enter_graceful_shutdown()
@@ -149,6 +165,22 @@ class GatewayServer:
         await self.stop(grace=1.0)
 
 
+def _listener_credentials(config: GatewayConfig) -> grpc.ServerCredentials | None:
+    """The listener's TLS credentials, or None for plaintext. The files were checked when the
+    configuration was built; they are read again here, as they are now."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    try:
+        key = config.tls_key.read_bytes()
+        chain = config.tls_cert.read_bytes()
+        client_ca = config.tls_client_ca.read_bytes() if config.tls_client_ca else None
+    except OSError as error:
+        raise OSError(f"cannot read {error.filename}: {error.strerror}") from None
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
 async def serve(config: GatewayConfig) -> None:
     """Run the gateway until SIGTERM or SIGINT, then drain for ``config.shutdown_grace`` s."""
     shutdown_grace = config.shutdown_grace
@@ -164,6 +196,7 @@ async def serve(config: GatewayConfig) -> None:
             "fields": {
                 "listen": config.listen,
                 "port": gateway.port,
+                "listener": config.listener_security,
                 "upstream_host": config.upstream_host,
                 "auth": "login" if config.login_mode else "token",
                 "cache_ttl": config.cache_ttl,

@@ -22,7 +22,8 @@ from grpc_status import rpc_status
 from whatsapp.identity.v1 import identity_pb2, identity_pb2_grpc
 
 from gateway.authz import Authorizer, Caller, audit_acknowledge
-from gateway.cache import IdentityCache, SingleFlight
+from gateway.cache import IdentityStore, SingleFlight
+from gateway.changes import ChangeBus
 from gateway.deadline import caller_deadline
 from gateway.errors import (
     FieldViolation,
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 
 _TRACE_HEADER_SET = frozenset(TRACE_HEADERS)
 _ACK_RESPONSE = identity_pb2.AcknowledgeIdentityResponse()
+_REPORT_RESPONSE = identity_pb2.ReportIdentityChangeResponse()
+MAX_WATCH_FILTER = 1000
 
 
 class RpcRecord:
@@ -67,18 +70,20 @@ class RpcRecord:
 
 
 class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
-    """Serves GetIdentity and AcknowledgeIdentity from the cache and the WhatsApp API."""
+    """Serves IdentityService from the cache, the WhatsApp API and the change bus."""
 
     def __init__(
         self,
         client: WhatsAppClient,
-        cache: IdentityCache[bytes],
+        store: IdentityStore,
         metrics: Metrics,
         access_log: AccessLog | None = None,
         authorizer: Authorizer | None = None,
+        changes: ChangeBus | None = None,
     ) -> None:
         self._client = client
-        self._cache = cache
+        self._store = store
+        self.changes = changes or ChangeBus()
         self._metrics = metrics
         self._access_log = access_log or AccessLog()
         self._authorizer = authorizer
@@ -109,6 +114,16 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     ) -> identity_pb2.AcknowledgeIdentityResponse:
         return await self._handle(Operation.ACKNOWLEDGE, self._acknowledge, request, context)
 
+    async def ReportIdentityChange(
+        self, request: identity_pb2.ReportIdentityChangeRequest, context: grpc.aio.ServicerContext
+    ) -> identity_pb2.ReportIdentityChangeResponse:
+        return await self._handle(Operation.REPORT, self._report, request, context)
+
+    async def WatchIdentityChanges(
+        self, request: identity_pb2.WatchIdentityChangesRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        await self._handle(Operation.WATCH, self._watch, request, context)
+
     # ------------------------------------------------------------------ the two operations
 
     async def _get_identity(
@@ -123,7 +138,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             self._metrics.cache_bypass()
             async with caller_deadline(context.time_remaining()):
                 return await self._fetch(wa_id, record)
-        cached = self._cache.get_fresh(wa_id)
+        cached = await self._store.get_fresh(wa_id)
         if cached is not None:
             record.cache = "hit"
             self._metrics.cache_hit()
@@ -147,14 +162,17 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             )
         except UpstreamStatusError as error:
             if rule_for(error, Operation.GET).reason is Reason.CONTACT_NOT_FOUND:
-                self._cache.invalidate(wa_id)
+                await self._store.invalidate(wa_id)
             raise
         record.upstream_status = 200
-        response = _response(wa_id, identity, time.time())
-        if self._cache.enabled:
-            response.cache_hit = True
-            self._cache.put(wa_id, response.SerializeToString())
-            response.cache_hit = False
+        fetched_at = time.time()
+        response = _response(wa_id, identity, fetched_at)
+        previous = await self._store.get_fresh(wa_id)
+        response.cache_hit = True
+        await self._store.put(wa_id, response.SerializeToString())
+        response.cache_hit = False
+        if previous is not None and _cached_identity(previous).hash != identity.hash:
+            self._announce(response.identity, identity_pb2.IDENTITY_CHANGE_SOURCE_READ, fetched_at)
         return response
 
     async def _acknowledge(
@@ -174,10 +192,67 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
                 Reason.HASH_MISMATCH,
                 Reason.CONTACT_NOT_FOUND,
             ):
-                self._cache.invalidate(wa_id)
+                await self._store.invalidate(wa_id)
             raise
-        self._cache.update(wa_id, lambda cached: _acknowledged(cached, request.hash))
+        cached = await self._store.get_fresh(wa_id)
+        await self._store.update(wa_id, lambda cached: _acknowledged(cached, request.hash))
+        identity = identity_pb2.Identity(wa_id=wa_id, hash=request.hash, acknowledged=True)
+        if cached is not None and _cached_identity(cached).hash == request.hash:
+            identity.create_time.CopyFrom(_cached_identity(cached).create_time)
+        self._announce(identity, identity_pb2.IDENTITY_CHANGE_SOURCE_ACKNOWLEDGE, time.time())
         return _ACK_RESPONSE
+
+    async def _report(
+        self,
+        request: identity_pb2.ReportIdentityChangeRequest,
+        context: grpc.aio.ServicerContext,
+        record: RpcRecord,
+    ) -> identity_pb2.ReportIdentityChangeResponse:
+        wa_id = record.wa_id = validate_acknowledge(request.wa_id, request.hash)
+        create_ms = None
+        if request.HasField("create_time"):
+            create_ms = request.create_time.ToMilliseconds()
+        await self.record_identity_change(
+            wa_id, request.hash, create_ms, identity_pb2.IDENTITY_CHANGE_SOURCE_REPORT
+        )
+        return _REPORT_RESPONSE
+
+    async def record_identity_change(
+        self, wa_id: str, identity_hash: str, create_ms: int | None, source: int
+    ) -> None:
+        """A change WhatsApp pushed (webhook or report): cache it unacknowledged, announce it.
+
+        Without the time WhatsApp detected it, the time the gateway learned of it stands in.
+        """
+        now = time.time()
+        identity = UpstreamIdentity(
+            identity_hash, create_ms if create_ms is not None else int(now * 1000), False
+        )
+        response = _response(wa_id, identity, now)
+        response.cache_hit = True
+        await self._store.put(wa_id, response.SerializeToString())
+        self._announce(response.identity, source, now)
+
+    async def _watch(
+        self,
+        request: identity_pb2.WatchIdentityChangesRequest,
+        context: grpc.aio.ServicerContext,
+        record: RpcRecord,
+    ) -> None:
+        if len(request.wa_ids) > MAX_WATCH_FILTER:
+            raise InvalidArgument(
+                Reason.INVALID_WA_ID,
+                [FieldViolation("wa_ids", f"at most {MAX_WATCH_FILTER} entries")],
+            )
+        wa_ids = frozenset(normalize_wa_id(w) for w in request.wa_ids) or None
+        async with self.changes.watch(wa_ids) as changes:
+            async for change in changes:
+                await context.write(identity_pb2.WatchIdentityChangesResponse(change=change))
+
+    def _announce(self, identity: identity_pb2.Identity, source: int, at: float) -> None:
+        change = identity_pb2.IdentityChange(identity=identity, source=source)
+        change.observe_time.FromNanoseconds(int(at * 1e9))
+        self.changes.announce(change)
 
     # ------------------------------------------------------------------ the boundary
 
@@ -273,6 +348,11 @@ def _response(
     )
 
 
+def _cached_identity(cached: bytes) -> identity_pb2.Identity:
+    identity: identity_pb2.Identity = identity_pb2.GetIdentityResponse.FromString(cached).identity
+    return identity
+
+
 def _acknowledged(cached: bytes, identity_hash: str) -> bytes | None:
     """A cached answer after ``identity_hash`` was acknowledged: marked if it is the cached
     hash, else None (the cached identity is stale; drop it)."""
@@ -329,6 +409,16 @@ def add_to_server(servicer: IdentityServicer, server: grpc.aio.Server) -> None:
         "AcknowledgeIdentity": grpc.unary_unary_rpc_method_handler(
             servicer.AcknowledgeIdentity,
             request_deserializer=_deserializer(identity_pb2.AcknowledgeIdentityRequest),
+            response_serializer=_serialize,
+        ),
+        "ReportIdentityChange": grpc.unary_unary_rpc_method_handler(
+            servicer.ReportIdentityChange,
+            request_deserializer=_deserializer(identity_pb2.ReportIdentityChangeRequest),
+            response_serializer=_serialize,
+        ),
+        "WatchIdentityChanges": grpc.unary_stream_rpc_method_handler(
+            servicer.WatchIdentityChanges,
+            request_deserializer=_deserializer(identity_pb2.WatchIdentityChangesRequest),
             response_serializer=_serialize,
         ),
     }

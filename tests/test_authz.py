@@ -136,7 +136,7 @@ def test_a_valid_policy_parses_into_callers_and_their_methods() -> None:
 
 
 def test_methods_are_the_ones_the_generated_descriptor_declares() -> None:
-    assert frozenset({GET, ACK}) == METHODS
+    assert frozenset({GET, ACK, "ReportIdentityChange", "WatchIdentityChanges"}) == METHODS
 
 
 def test_trust_xfcc_defaults_to_false() -> None:

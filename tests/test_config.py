@@ -163,6 +163,9 @@ def test_every_serve_flag_has_an_environment_test() -> None:
         "--upstream-max-waiting",
         "--upstream-retries",
         "--authz-policy",
+        "--tls-cert",  # the three listener TLS flags: tests/test_tls.py
+        "--tls-key",
+        "--tls-client-ca",
     }
 
     assert flags == {setting.flag for setting in SETTINGS} | explicitly_tested

@@ -48,6 +48,16 @@ class IdentityServiceStub:
                 request_serializer=whatsapp_dot_identity_dot_v1_dot_identity__pb2.AcknowledgeIdentityRequest.SerializeToString,
                 response_deserializer=whatsapp_dot_identity_dot_v1_dot_identity__pb2.AcknowledgeIdentityResponse.FromString,
                 _registered_method=True)
+        self.ReportIdentityChange = channel.unary_unary(
+                '/whatsapp.identity.v1.IdentityService/ReportIdentityChange',
+                request_serializer=whatsapp_dot_identity_dot_v1_dot_identity__pb2.ReportIdentityChangeRequest.SerializeToString,
+                response_deserializer=whatsapp_dot_identity_dot_v1_dot_identity__pb2.ReportIdentityChangeResponse.FromString,
+                _registered_method=True)
+        self.WatchIdentityChanges = channel.unary_stream(
+                '/whatsapp.identity.v1.IdentityService/WatchIdentityChanges',
+                request_serializer=whatsapp_dot_identity_dot_v1_dot_identity__pb2.WatchIdentityChangesRequest.SerializeToString,
+                response_deserializer=whatsapp_dot_identity_dot_v1_dot_identity__pb2.WatchIdentityChangesResponse.FromString,
+                _registered_method=True)
 
 
 class IdentityServiceServicer:
@@ -85,6 +95,34 @@ class IdentityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportIdentityChange(self, request, context):
+        """ReportIdentityChange tells the gateway about an identity change that a service learned from
+        WhatsApp's webhook (a `user_identity_changed` system message), so that every replica's
+        cache holds the new hash as unacknowledged and watchers hear of it. It does not call
+        WhatsApp.
+
+        Errors: INVALID_ARGUMENT (INVALID_WA_ID, INVALID_HASH) for malformed fields.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchIdentityChanges(self, request, context):
+        """WatchIdentityChanges streams identity changes as the gateway learns of them: from webhooks,
+        from ReportIdentityChange, from reads that find a new hash, and from acknowledges. With
+        several replicas sharing a Redis cache, a change learned by any replica reaches watchers
+        of every replica. The stream starts with changes from the moment it is opened; nothing is
+        replayed.
+
+        Errors: INVALID_ARGUMENT for a malformed wa_id in the filter; RESOURCE_EXHAUSTED (reason
+        WATCHER_TOO_SLOW) when the watcher does not keep up and its buffer fills: reconnect, and
+        read the identities you care about with GetIdentity to catch up; UNAVAILABLE when the
+        gateway shuts down: reconnect to another replica.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IdentityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -97,6 +135,16 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.AcknowledgeIdentity,
                     request_deserializer=whatsapp_dot_identity_dot_v1_dot_identity__pb2.AcknowledgeIdentityRequest.FromString,
                     response_serializer=whatsapp_dot_identity_dot_v1_dot_identity__pb2.AcknowledgeIdentityResponse.SerializeToString,
+            ),
+            'ReportIdentityChange': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportIdentityChange,
+                    request_deserializer=whatsapp_dot_identity_dot_v1_dot_identity__pb2.ReportIdentityChangeRequest.FromString,
+                    response_serializer=whatsapp_dot_identity_dot_v1_dot_identity__pb2.ReportIdentityChangeResponse.SerializeToString,
+            ),
+            'WatchIdentityChanges': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchIdentityChanges,
+                    request_deserializer=whatsapp_dot_identity_dot_v1_dot_identity__pb2.WatchIdentityChangesRequest.FromString,
+                    response_serializer=whatsapp_dot_identity_dot_v1_dot_identity__pb2.WatchIdentityChangesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -157,6 +205,60 @@ class IdentityService:
             '/whatsapp.identity.v1.IdentityService/AcknowledgeIdentity',
             whatsapp_dot_identity_dot_v1_dot_identity__pb2.AcknowledgeIdentityRequest.SerializeToString,
             whatsapp_dot_identity_dot_v1_dot_identity__pb2.AcknowledgeIdentityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportIdentityChange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/whatsapp.identity.v1.IdentityService/ReportIdentityChange',
+            whatsapp_dot_identity_dot_v1_dot_identity__pb2.ReportIdentityChangeRequest.SerializeToString,
+            whatsapp_dot_identity_dot_v1_dot_identity__pb2.ReportIdentityChangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchIdentityChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/whatsapp.identity.v1.IdentityService/WatchIdentityChanges',
+            whatsapp_dot_identity_dot_v1_dot_identity__pb2.WatchIdentityChangesRequest.SerializeToString,
+            whatsapp_dot_identity_dot_v1_dot_identity__pb2.WatchIdentityChangesResponse.FromString,
             options,
             channel_credentials,
             insecure,
