@@ -52,6 +52,7 @@ SERVE_SETTINGS: tuple[tuple[str, type, object], ...] = (
     ("upstream-max-waiting", int, 256),
     ("upstream-retries", int, 2),
     ("authz-policy", Path, None),
+    ("webhook-listen", str, None),
     ("tls-cert", Path, None),
     ("tls-key", Path, None),
     ("tls-client-ca", Path, None),
@@ -114,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     emulator.add_argument("--tls-cert", type=Path, help="serve HTTPS with this certificate")
     emulator.add_argument("--tls-key", type=Path, help="the certificate's private key")
+    emulator.add_argument(
+        "--webhook-url",
+        help="POST a user_identity_changed webhook here when a contact's identity changes",
+    )
     emulator.add_argument(
         "--synthetic-contacts",
         action="store_true",
@@ -187,6 +192,7 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Ga
         upstream_max_waiting=int(str(values["upstream-max-waiting"])),
         upstream_retries=int(str(values["upstream-retries"])),
         authz_policy=_policy(values["authz-policy"]),
+        webhook_listen=_optional_str(values["webhook-listen"]),
         tls_cert=_optional_path(values["tls-cert"]),
         tls_key=_optional_path(values["tls-key"]),
         tls_client_ca=_optional_path(values["tls-client-ca"]),
@@ -316,16 +322,21 @@ def _emulator(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return EXIT_CONFIG
     configure_logging("info")
     password = environ.get(env_name("emulator-password"), "secret")
-    asyncio.run(
-        run_emulator(
-            host,
-            port,
-            username=args.username,
-            password=password,
-            token_lifetime=args.token_lifetime,
-            certfile=str(args.tls_cert) if args.tls_cert else None,
-            keyfile=str(args.tls_key) if args.tls_key else None,
-            synthetic_contacts=args.synthetic_contacts,
+    try:
+        asyncio.run(
+            run_emulator(
+                host,
+                port,
+                username=args.username,
+                password=password,
+                token_lifetime=args.token_lifetime,
+                certfile=str(args.tls_cert) if args.tls_cert else None,
+                keyfile=str(args.tls_key) if args.tls_key else None,
+                synthetic_contacts=args.synthetic_contacts,
+                webhook_url=args.webhook_url,
+            )
         )
-    )
+    except ValueError as error:  # a bad --webhook-url, refused before listening
+        print(f"identity-gateway emulator: {error}", file=sys.stderr)
+        return EXIT_CONFIG
     return 0

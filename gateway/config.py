@@ -55,6 +55,7 @@ class GatewayConfig:
     upstream_max_in_flight: int = 8
     upstream_max_waiting: int = 256
     upstream_retries: int = 2
+    webhook_listen: str | None = None  # HOST:PORT of the WhatsApp webhook endpoint; None = off
     authz_policy: Policy | None = None  # caller authorization; None = every caller allowed
     shutdown_grace: float = 10.0
     reflection: bool = True
@@ -67,6 +68,8 @@ class GatewayConfig:
         split_host_port(self.listen, "--listen")
         if self.metrics_listen is not None:
             split_host_port(self.metrics_listen, "--metrics-listen")
+        if self.webhook_listen is not None:
+            split_host_port(self.webhook_listen, "--webhook-listen")
         if not 0 < self.upstream_timeout < math.inf:
             raise ConfigError("--upstream-timeout must be a positive number of seconds")
         if not 0 <= self.cache_ttl < math.inf:

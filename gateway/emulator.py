@@ -23,8 +23,19 @@ By hand, drive the same state through the control API under ``/_emulator/`` (JSO
 
 Control API: ``PUT|GET|DELETE /_emulator/contacts/{wa_id}``, ``POST|DELETE /_emulator/faults``,
 ``POST /_emulator/tokens/revoke``, ``GET|PUT /_emulator/settings``, ``GET|DELETE
-/_emulator/requests`` and ``POST /_emulator/reset``. The JSON fields are those of
-:class:`Contact`, :class:`Fault` and :class:`Settings`; bad input gets ``400 {"error": ...}``.
+/_emulator/requests``, ``GET|DELETE /_emulator/webhooks`` and ``POST /_emulator/reset``. The JSON
+fields are those of :class:`Contact`, :class:`Fault` and :class:`Settings`; bad input gets
+``400 {"error": ...}``.
+
+With the ``webhook_url`` setting, the emulator plays the WhatsApp client's identity-change webhook:
+when a contact's identity changes (an existing contact gets a different hash, or a new contact is
+stored unacknowledged), it POSTs a ``user_identity_changed`` system message (see
+:func:`identity_changed_webhook`) to that URL in the background, one delivery at a time, in order,
+without retries. Each attempt is recorded as a :class:`WebhookDelivery`::
+
+    curl -X PUT localhost:9090/_emulator/settings -d '{"webhook_url": "http://127.0.0.1:8081/webhook"}'
+    curl -X PUT localhost:9090/_emulator/contacts/16315551234 -d '{"hash": "Su9l2C1YsAk="}'
+    curl localhost:9090/_emulator/webhooks
 """
 
 from __future__ import annotations
@@ -42,10 +53,12 @@ import secrets
 import signal
 import ssl
 import time
-from collections.abc import Mapping
+import urllib.parse
+from collections.abc import AsyncIterator, Callable, Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any, Literal, get_args
 
+import aiohttp
 from aiohttp import BasicAuth, web
 from aiohttp.typedefs import Handler
 from multidict import CIMultiDict
@@ -63,8 +76,10 @@ __all__ = [
     "RecordedRequest",
     "RunningEmulator",
     "Settings",
+    "WebhookDelivery",
     "create_app",
     "error_envelope",
+    "identity_changed_webhook",
     "run_emulator",
 ]
 
@@ -114,6 +129,9 @@ AckMismatch = Literal["400", "409"]
 FaultMethod = Literal["GET", "PUT", "POST", "DELETE"]
 
 _SHUTDOWN_TIMEOUT = 1.0
+# A webhook receiver that does not answer in this time counts as a failed delivery.
+_WEBHOOK_TIMEOUT = 5.0
+_MAX_WEBHOOK_URL_LENGTH = 2048
 
 
 def error_envelope(code: int, details: str | None = None) -> dict[str, Any]:
@@ -355,6 +373,8 @@ class Settings:
     acknowledge; ``ack_mismatch`` how a stale hash fails: ``400`` (code 1009) or ``409``.
     ``password_change_required`` refuses logins (401, code 1024) until one sends ``new_password``.
     ``synthetic_contacts`` makes every unknown digit-only wa_id a known contact (benchmarks).
+    ``webhook_url`` (http or https) receives a ``user_identity_changed`` webhook for every
+    identity change; None sends none.
     """
 
     login_mode: LoginMode = "ok"
@@ -364,6 +384,7 @@ class Settings:
     ack_mismatch: AckMismatch = "400"
     password_change_required: bool = False
     synthetic_contacts: bool = False
+    webhook_url: str | None = None
 
     def __post_init__(self) -> None:
         # Checked at run time too: the control API builds settings from untrusted JSON.
@@ -380,6 +401,23 @@ class Settings:
             "password_change_required must be a boolean",
         )
         _require(isinstance(self.synthetic_contacts, bool), "synthetic_contacts must be a boolean")
+        _require(
+            self.webhook_url is None or _is_http_url(self.webhook_url),
+            "webhook_url must be an http or https URL, or null",
+        )
+
+
+def _is_http_url(value: object) -> bool:
+    if not isinstance(value, str) or len(value) > _MAX_WEBHOOK_URL_LENGTH:
+        return False
+    if not value.isprintable() or any(c.isspace() for c in value):
+        return False
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -407,8 +445,66 @@ class RecordedRequest:
         }
 
 
+@dataclasses.dataclass(frozen=True)
+class WebhookDelivery:
+    """One attempt to POST a webhook: the receiver's HTTP ``status``, or the ``error`` if none."""
+
+    url: str
+    payload: Mapping[str, Any]
+    status: int | None
+    error: str | None
+    time: float  # time.time() when the attempt ended
+
+    @property
+    def ok(self) -> bool:
+        """Whether the receiver answered 2xx."""
+        return self.status is not None and 200 <= self.status < 300
+
+    def to_json(self) -> dict[str, Any]:
+        """The delivery as the control API shows it."""
+        return {
+            "url": self.url,
+            "payload": self.payload,
+            "status": self.status,
+            "error": self.error,
+            "ok": self.ok,
+            "time": self.time,
+        }
+
+
+def identity_changed_webhook(wa_id: str, identity_hash: str, timestamp_ms: int) -> dict[str, Any]:
+    """The on-premises webhook body announcing that ``wa_id`` now has ``identity_hash``.
+
+    ``timestamp_ms`` is when the change was detected; the message's ``timestamp`` is in seconds::
+
+        {"messages": [{"from": "16315551234", "id": "ABGG...", "timestamp": "1602535356",
+          "type": "system", "system": {"type": "user_identity_changed", "identity": "Su9l2C1YsAk=",
+          "user": "16315551234", "body": "User 16315551234 changed their identity"}}]}
+    """
+    return {
+        "messages": [
+            {
+                "from": wa_id,
+                "id": "ABGG" + secrets.token_hex(12).upper(),
+                "timestamp": str(timestamp_ms // 1000),
+                "type": "system",
+                "system": {
+                    "type": "user_identity_changed",
+                    "identity": identity_hash,
+                    "user": wa_id,
+                    "body": f"User {wa_id} changed their identity",
+                },
+            }
+        ]
+    }
+
+
+IdentityListener = Callable[[str, Contact], None]
+
+
 class EmulatorState:
-    """Everything the emulator remembers: contacts, faults, settings, tokens and requests.
+    """Everything the emulator remembers: contacts, faults, settings, tokens, requests and
+    webhook deliveries.
 
     Only touch it from the event loop that serves the emulator (it has no locks).
     """
@@ -418,15 +514,19 @@ class EmulatorState:
         username: str = DEFAULT_USERNAME,
         password: str = DEFAULT_PASSWORD,
         token_lifetime: float = DEFAULT_TOKEN_LIFETIME,
+        *,
+        webhook_url: str | None = None,
     ) -> None:
         self.username = username
         self._default_password = password
-        self._default_settings = Settings(token_lifetime=token_lifetime)
+        self._default_settings = Settings(token_lifetime=token_lifetime, webhook_url=webhook_url)
         self._tokens: dict[str, float] = {}  # token -> time.monotonic() at which it expires
+        self._identity_listeners: list[IdentityListener] = []
         self.reset()
 
     def reset(self) -> None:
-        """Restore the demo contacts, default settings and password; forget faults and requests.
+        """Restore the demo contacts, default settings and password; forget faults, requests
+        and webhook deliveries.
 
         Issued tokens stay valid (unless revoked), so a long-lived client need not log in again.
         """
@@ -435,6 +535,7 @@ class EmulatorState:
         self._contacts: dict[str, Contact] = dict(DEMO_CONTACTS)
         self._faults: list[_ArmedFault] = []
         self._records: list[RecordedRequest] = []
+        self._deliveries: list[WebhookDelivery] = []
 
     # Contacts.
 
@@ -453,8 +554,10 @@ class EmulatorState:
         """Store a contact's identity (see :class:`Contact`), replacing any; returns it.
 
         A new hash with ``acknowledged=False`` is an identity change; ``created_timestamp``
-        (epoch ms) defaults to now, when the change was "detected".
+        (epoch ms) defaults to now, when the change was "detected". The identity listeners hear
+        of a change: a known contact's hash replaced by another, or a new unacknowledged contact.
         """
+        previous = self._contacts.get(wa_id)
         contact = Contact(
             hash,
             _now_ms() if created_timestamp is None else created_timestamp,
@@ -465,7 +568,19 @@ class EmulatorState:
             meta,
         )
         self._contacts[wa_id] = contact
+        changed = not acknowledged if previous is None else previous.hash != contact.hash
+        if changed:
+            for listener in list(self._identity_listeners):
+                listener(wa_id, contact)
         return contact
+
+    def add_identity_listener(self, listener: IdentityListener) -> None:
+        """Call ``listener(wa_id, contact)`` on every identity change :meth:`set_identity` makes."""
+        self._identity_listeners.append(listener)
+
+    def remove_identity_listener(self, listener: IdentityListener) -> None:
+        """Stop calling a listener added with :meth:`add_identity_listener`."""
+        self._identity_listeners.remove(listener)
 
     def identity(self, wa_id: str) -> Contact | None:
         """The stored identity of a contact, or None if unknown.
@@ -579,6 +694,21 @@ class EmulatorState:
         """Forget the recorded requests."""
         self._records.clear()
 
+    # Webhook deliveries.
+
+    def record_webhook_delivery(self, delivery: WebhookDelivery) -> None:
+        """Remember a webhook delivery attempt."""
+        self._deliveries.append(delivery)
+
+    @property
+    def webhook_deliveries(self) -> list[WebhookDelivery]:
+        """The webhook delivery attempts so far, oldest first (a copy)."""
+        return list(self._deliveries)
+
+    def clear_webhook_deliveries(self) -> None:
+        """Forget the webhook delivery attempts."""
+        self._deliveries.clear()
+
 
 # The application: upstream front door (record, fault, auth), upstream endpoints, control API.
 
@@ -593,6 +723,7 @@ def create_app(state: EmulatorState) -> web.Application:
     app[_STATE] = state
     app[_CLOSING] = asyncio.Event()
     app.on_shutdown.append(_wake_sleepers)
+    app.cleanup_ctx.append(_webhook_sender)
     app.router.add_post(_LOGIN_PATH, _login)
     app.router.add_get("/v1/contacts/{wa_id}/identity", _get_identity)
     app.router.add_put("/v1/contacts/{wa_id}/identity", _acknowledge_identity)
@@ -607,6 +738,8 @@ def create_app(state: EmulatorState) -> web.Application:
     app.router.add_put(control + "/settings", _control_update_settings)
     app.router.add_get(control + "/requests", _control_requests)
     app.router.add_delete(control + "/requests", _control_clear_requests)
+    app.router.add_get(control + "/webhooks", _control_webhooks)
+    app.router.add_delete(control + "/webhooks", _control_clear_webhooks)
     app.router.add_post(control + "/reset", _control_reset)
     return app
 
@@ -618,6 +751,64 @@ async def _wake_sleepers(app: web.Application) -> None:
 async def _sleep_unless_closing(request: web.Request, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(request.app[_CLOSING].wait(), seconds)
+
+
+async def _webhook_sender(app: web.Application) -> AsyncIterator[None]:
+    """While the app runs, turn the state's identity changes into webhook deliveries."""
+    state = app[_STATE]
+    timeout = aiohttp.ClientTimeout(total=_WEBHOOK_TIMEOUT)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        sender = _WebhookSender(state, session)
+        state.add_identity_listener(sender.identity_changed)
+        try:
+            yield
+        finally:
+            state.remove_identity_listener(sender.identity_changed)
+            await sender.aclose()
+
+
+class _WebhookSender:
+    """POSTs identity-change webhooks one at a time, in the order the changes happened."""
+
+    def __init__(self, state: EmulatorState, session: aiohttp.ClientSession) -> None:
+        self._state = state
+        self._session = session
+        self._queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self._worker = asyncio.create_task(self._deliver_in_order(), name="emulator webhooks")
+
+    def identity_changed(self, wa_id: str, contact: Contact) -> None:
+        """Queue the webhook for a change, if ``webhook_url`` is set; never blocks."""
+        url = self._state.settings.webhook_url
+        if url is not None:
+            payload = identity_changed_webhook(wa_id, contact.hash, contact.created_timestamp)
+            self._queue.put_nowait((url, payload))
+
+    async def aclose(self) -> None:
+        """Stop delivering; webhooks still queued are dropped."""
+        self._worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._worker
+        if not self._queue.empty():
+            logger.info("emulator stopped with %d webhook(s) undelivered", self._queue.qsize())
+
+    async def _deliver_in_order(self) -> None:
+        while True:
+            url, payload = await self._queue.get()
+            self._state.record_webhook_delivery(await self._deliver(url, payload))
+
+    async def _deliver(self, url: str, payload: dict[str, Any]) -> WebhookDelivery:
+        try:
+            async with self._session.post(url, json=payload) as response:
+                await response.read()
+        # Whatever goes wrong is the receiver's problem, to record, never the emulator's.
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            logger.warning("webhook delivery to %s failed: %s", url, error)
+            return WebhookDelivery(url, payload, None, error, time.time())
+        delivery = WebhookDelivery(url, payload, response.status, None, time.time())
+        if not delivery.ok:
+            logger.warning("webhook delivery to %s answered HTTP %d", url, response.status)
+        return delivery
 
 
 @web.middleware
@@ -888,6 +1079,16 @@ async def _control_clear_requests(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def _control_webhooks(request: web.Request) -> web.Response:
+    deliveries = request.app[_STATE].webhook_deliveries
+    return web.json_response({"webhooks": [d.to_json() for d in deliveries]})
+
+
+async def _control_clear_webhooks(request: web.Request) -> web.Response:
+    request.app[_STATE].clear_webhook_deliveries()
+    return web.Response(status=204)
+
+
 async def _control_reset(request: web.Request) -> web.Response:
     request.app[_STATE].reset()
     return web.Response(status=204)
@@ -914,8 +1115,9 @@ class RunningEmulator:
         ssl_context: ssl.SSLContext | None = None,
         *,
         token_lifetime: float = DEFAULT_TOKEN_LIFETIME,
+        webhook_url: str | None = None,
     ) -> None:
-        self.state = EmulatorState(username, password, token_lifetime)
+        self.state = EmulatorState(username, password, token_lifetime, webhook_url=webhook_url)
         self._host = host
         self._requested_port = port
         self._ssl_context = ssl_context
@@ -977,13 +1179,17 @@ async def run_emulator(
     certfile: str | None = None,
     keyfile: str | None = None,
     synthetic_contacts: bool = False,
+    webhook_url: str | None = None,
 ) -> None:
     """Serve the emulator until cancelled or sent SIGINT/SIGTERM, announcing it on stdout.
 
     With ``certfile`` (and ``keyfile`` unless the certificate file holds the key) it serves HTTPS.
+    With ``webhook_url`` it POSTs identity-change webhooks there (a reset keeps it); an invalid
+    URL raises ValueError before anything listens.
     """
     if keyfile is not None and certfile is None:
         raise ValueError("keyfile needs certfile")
+    Settings(webhook_url=webhook_url)  # raises ValueError for a bad URL
     ssl_context = None
     if certfile is not None:
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -994,15 +1200,22 @@ async def run_emulator(
         loop.add_signal_handler(signum, stop.set)
     try:
         async with RunningEmulator(
-            host, port, username, password, ssl_context, token_lifetime=token_lifetime
+            host,
+            port,
+            username,
+            password,
+            ssl_context,
+            token_lifetime=token_lifetime,
+            webhook_url=webhook_url,
         ) as emulator:
             emulator.state.update_settings(synthetic_contacts=synthetic_contacts)
             # Only the well-known demo password is shown; a chosen one stays private.
             shown = password if password == DEFAULT_PASSWORD else "<the configured password>"
+            webhooks = f"; identity-change webhooks to {webhook_url}" if webhook_url else ""
             print(
                 f"WhatsApp API emulator listening on {emulator.url} "
                 f"(login {username} / {shown}; demo contacts {', '.join(DEMO_CONTACTS)}; "
-                f"control API under {_CONTROL_PREFIX})",
+                f"control API under {_CONTROL_PREFIX}{webhooks})",
                 flush=True,
             )
             await stop.wait()

@@ -37,6 +37,7 @@ from gateway.logs import AccessLog
 from gateway.metrics import Metrics
 from gateway.service import IdentityServicer, add_to_server
 from gateway.upstream import WhatsAppClient
+from gateway.webhooks import IdentityChangeReport, WebhookServer
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class GatewayServer:
         self.port = 0
         self._metrics_server: tuple[object, object] | None = None
         self._access_log_task: asyncio.Task[None] | None = None
+        self._webhooks: WebhookServer | None = None
 
     async def start(self) -> int:
         """Bind and start serving; returns the bound port. Raises OSError if it cannot bind."""
@@ -102,6 +104,10 @@ class GatewayServer:
             self._metrics_server = exposition.start_http_server(
                 port, addr=host, registry=self.metrics.registry
             )
+        if self.config.webhook_listen is not None:
+            host, port = split_host_port(self.config.webhook_listen, "--webhook-listen")
+            self._webhooks = WebhookServer(host, port, self._on_webhook)
+            await self._webhooks.__aenter__()
         await self._server.start()
         if self.access_log.enabled:
             self._access_log_task = asyncio.ensure_future(self.access_log.run())
@@ -119,6 +125,9 @@ class GatewayServer:
         are cancelled.
         """
         await self.changes.close()  # watchers end at once (UNAVAILABLE) and reconnect elsewhere
+        if self._webhooks is not None:  # WhatsApp redelivers what it could not hand over
+            await self._webhooks.__aexit__(None, None, None)
+            self._webhooks = None
         stopping = asyncio.ensure_future(self._server.stop(grace))
         await asyncio.sleep(0)  # let the server start refusing new RPCs
         await self.health.enter_graceful_shutdown()
@@ -138,6 +147,20 @@ class GatewayServer:
             http_server.server_close()  # type: ignore[attr-defined]
             thread.join()  # type: ignore[attr-defined]
             self._metrics_server = None
+
+    @property
+    def webhook_port(self) -> int | None:
+        """The port of the webhook endpoint, when --webhook-listen is set."""
+        return self._webhooks.port if self._webhooks is not None else None
+
+    async def _on_webhook(self, reports: list[IdentityChangeReport]) -> None:
+        for report in reports:
+            await self._servicer.record_identity_change(
+                report.wa_id,
+                report.hash,
+                report.create_time_ms,
+                identity_pb2.IDENTITY_CHANGE_SOURCE_WEBHOOK,
+            )
 
     async def cancel_rpcs(self) -> None:
         """Cancel every running RPC now; a drain in progress then finishes at once."""

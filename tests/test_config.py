@@ -166,6 +166,7 @@ def test_every_serve_flag_has_an_environment_test() -> None:
         "--tls-cert",  # the three listener TLS flags: tests/test_tls.py
         "--tls-key",
         "--tls-client-ca",
+        "--webhook-listen",  # tests/test_webhook_loop.py
     }
 
     assert flags == {setting.flag for setting in SETTINGS} | explicitly_tested

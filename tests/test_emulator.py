@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
 import re
 import shutil
 import signal
@@ -28,14 +29,18 @@ from gateway.emulator import (
     Fault,
     RunningEmulator,
     error_envelope,
+    identity_changed_webhook,
     run_emulator,
 )
+from gateway.webhooks import IdentityChangeReport, WebhookServer, parse_webhook
+from tests.conftest import wait_until
 from tests.emulator_control import EmulatorControl
 
 LOGIN = "/v1/users/login"
 KNOWN = "16315551234"  # demo contact: hash UKD6Y/5SqDU=, not acknowledged
 KNOWN_HASH = "UKD6Y/5SqDU="
 NEW_HASH = "Su9l2C1YsAk="
+OTHER_HASH = "7hZ2bvlVvXo="  # no demo contact's
 UNKNOWN = "19995550123"
 META = {"api_status": "stable", "version": "v2.45.1"}
 # Shared by every client: without it each httpx client loads the CA bundle (~0.1 s apiece).
@@ -602,6 +607,12 @@ async def test_control_api_sets_reads_changes_and_removes_an_identity(
         ("/_emulator/settings", {"login_mode": "maybe"}),
         ("/_emulator/settings", {"token_lifetime": 0}),
         ("/_emulator/settings", {"colour": "blue"}),
+        ("/_emulator/settings", {"webhook_url": "ftp://127.0.0.1/webhook"}),
+        ("/_emulator/settings", {"webhook_url": "127.0.0.1:8081/webhook"}),
+        ("/_emulator/settings", {"webhook_url": "http:///webhook"}),
+        ("/_emulator/settings", {"webhook_url": "http://127.0.0.1:port/webhook"}),
+        ("/_emulator/settings", {"webhook_url": "http://127.0.0.1/web hook"}),
+        ("/_emulator/settings", {"webhook_url": 8081}),
     ],
 )
 async def test_control_api_refuses_invalid_input_with_400(
@@ -684,6 +695,215 @@ async def test_reset_restores_defaults_and_keeps_tokens_valid(
     assert await control.count() == 1  # only the request after the reset
 
 
+# Identity-change webhooks.
+
+
+class Receiver:
+    """The gateway's webhook endpoint on a free port, keeping every batch it is handed."""
+
+    def __init__(self) -> None:
+        self.reports: list[IdentityChangeReport] = []
+
+    async def on_changes(self, reports: list[IdentityChangeReport]) -> None:
+        self.reports.extend(reports)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
+    """A Receiver and the URL that reaches it."""
+    receiver = Receiver()
+    async with WebhookServer("127.0.0.1", 0, receiver.on_changes) as server:
+        yield receiver, server.url
+
+
+async def deliveries(client: httpx.AsyncClient, count: int) -> list[dict[str, Any]]:
+    """The emulator's webhook deliveries, once there are ``count`` of them."""
+    seen: list[dict[str, Any]] = []
+
+    async def enough() -> bool:
+        seen[:] = (await client.get("/_emulator/webhooks")).json()["webhooks"]
+        return len(seen) >= count
+
+    assert await wait_until(enough), f"expected {count} deliveries, saw {seen}"
+    return seen
+
+
+def unused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+async def test_identity_change_through_the_control_api_is_delivered_as_a_webhook(
+    client: httpx.AsyncClient, control: EmulatorControl, receiver: tuple[Receiver, str]
+) -> None:
+    sink, url = receiver
+    assert (await control.update_settings(webhook_url=url))["webhook_url"] == url
+
+    await control.set_identity(KNOWN, NEW_HASH, created_timestamp=1700000000123)
+
+    [delivery] = await deliveries(client, 1)
+    assert (delivery["url"], delivery["status"], delivery["error"]) == (url, 200, None)
+    assert delivery["ok"] is True
+    assert sink.reports == [IdentityChangeReport(KNOWN, NEW_HASH, 1700000000000)]
+    [message] = delivery["payload"]["messages"]
+    assert message["id"].startswith("ABGG")
+    assert {k: v for k, v in message.items() if k != "id"} == {
+        "from": KNOWN,
+        "timestamp": "1700000000",
+        "type": "system",
+        "system": {
+            "type": "user_identity_changed",
+            "identity": NEW_HASH,
+            "user": KNOWN,
+            "body": f"User {KNOWN} changed their identity",
+        },
+    }
+
+
+async def test_setting_the_same_hash_again_sends_no_webhook(
+    client: httpx.AsyncClient, control: EmulatorControl, receiver: tuple[Receiver, str]
+) -> None:
+    sink, url = receiver
+    await control.update_settings(webhook_url=url)
+
+    await control.set_identity(KNOWN, KNOWN_HASH)  # the demo contact's hash: no change
+    await control.set_identity(KNOWN, KNOWN_HASH, acknowledged=True, shape="array")
+    await control.set_identity("16315550000", OTHER_HASH)  # a change: delivered after any other
+
+    [delivery] = await deliveries(client, 1)
+    assert delivery["payload"]["messages"][0]["system"]["user"] == "16315550000"
+    assert [r.wa_id for r in sink.reports] == ["16315550000"]
+
+
+async def test_new_contact_is_a_change_only_when_unacknowledged(
+    client: httpx.AsyncClient, control: EmulatorControl, receiver: tuple[Receiver, str]
+) -> None:
+    sink, url = receiver
+    await control.update_settings(webhook_url=url)
+
+    await control.set_identity("19995550001", NEW_HASH, acknowledged=True)
+    await control.set_identity("19995550002", NEW_HASH)
+
+    await deliveries(client, 1)
+    assert [r.wa_id for r in sink.reports] == ["19995550002"]
+
+
+async def test_changes_are_delivered_in_order(
+    client: httpx.AsyncClient, control: EmulatorControl, receiver: tuple[Receiver, str]
+) -> None:
+    sink, url = receiver
+    await control.update_settings(webhook_url=url)
+    hashes = ["AAAAAAAAAAA=", "BBBBBBBBBBB=", "CCCCCCCCCCC=", "DDDDDDDDDDD="]
+
+    for identity_hash in hashes:
+        await control.set_identity(KNOWN, identity_hash)
+
+    await deliveries(client, len(hashes))
+    assert [r.hash for r in sink.reports] == hashes
+
+
+async def test_no_webhook_is_sent_without_a_webhook_url(
+    emulator: RunningEmulator,
+    client: httpx.AsyncClient,
+    control: EmulatorControl,
+    receiver: tuple[Receiver, str],
+) -> None:
+    sink, url = receiver
+    await control.set_identity(KNOWN, NEW_HASH)  # no webhook_url yet
+    await control.update_settings(webhook_url=url)
+    await control.set_identity("16315550000", OTHER_HASH)
+    await control.update_settings(webhook_url=None)
+    await control.set_identity("16315553601", OTHER_HASH)
+
+    await deliveries(client, 1)
+    await asyncio.sleep(0.05)  # time enough for a wrongly queued one to be delivered
+    assert [r.wa_id for r in sink.reports] == ["16315550000"]
+    assert len(emulator.state.webhook_deliveries) == 1
+
+
+async def test_unreachable_webhook_url_is_a_recorded_failure_and_the_change_still_happens(
+    client: httpx.AsyncClient, control: EmulatorControl, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"http://127.0.0.1:{unused_port()}/webhook"
+    await control.update_settings(webhook_url=url)
+
+    with caplog.at_level(logging.WARNING, logger="gateway.emulator"):
+        response = await client.put(f"/_emulator/contacts/{KNOWN}", json={"hash": NEW_HASH})
+        [delivery] = await deliveries(client, 1)
+
+    assert response.status_code == 200
+    assert (await control.get_identity(KNOWN) or {})["hash"] == NEW_HASH
+    assert (delivery["status"], delivery["ok"]) == (None, False)
+    assert delivery["error"]
+    assert delivery["payload"]["messages"][0]["system"]["identity"] == NEW_HASH
+    assert "webhook delivery to" in caplog.text
+
+
+async def test_webhook_refused_by_the_receiver_is_recorded_with_its_status(
+    client: httpx.AsyncClient, control: EmulatorControl, receiver: tuple[Receiver, str]
+) -> None:
+    sink, url = receiver
+    await control.update_settings(webhook_url=url + "/elsewhere")
+
+    await control.set_identity(KNOWN, NEW_HASH)
+
+    [delivery] = await deliveries(client, 1)
+    assert (delivery["status"], delivery["ok"], delivery["error"]) == (404, False, None)
+    assert sink.reports == []
+
+
+async def test_identity_changed_through_the_state_is_delivered_too(
+    emulator: RunningEmulator, receiver: tuple[Receiver, str]
+) -> None:
+    sink, url = receiver
+    emulator.state.update_settings(webhook_url=url)
+
+    emulator.state.set_identity(KNOWN, NEW_HASH, created_timestamp=1700000000000)
+
+    assert await wait_until(lambda: len(emulator.state.webhook_deliveries) == 1)
+    assert emulator.state.webhook_deliveries[0].ok
+    assert sink.reports == [IdentityChangeReport(KNOWN, NEW_HASH, 1700000000000)]
+
+
+async def test_webhook_deliveries_are_forgotten_on_clear_and_reset(
+    client: httpx.AsyncClient, control: EmulatorControl, receiver: tuple[Receiver, str]
+) -> None:
+    _, url = receiver
+    await control.update_settings(webhook_url=url)
+    await control.set_identity(KNOWN, NEW_HASH)
+    await deliveries(client, 1)
+
+    cleared = await client.delete("/_emulator/webhooks")
+    assert cleared.status_code == 204
+    assert await deliveries(client, 0) == []
+
+    await control.set_identity("16315550000", KNOWN_HASH)
+    await deliveries(client, 1)
+    await control.reset()
+    assert await deliveries(client, 0) == []
+    assert (await control.settings())["webhook_url"] is None
+
+
+async def test_webhook_url_given_at_start_survives_a_reset(receiver: tuple[Receiver, str]) -> None:
+    sink, url = receiver
+    async with RunningEmulator(webhook_url=url) as emulator:
+        emulator.state.reset()
+        emulator.state.set_identity(KNOWN, NEW_HASH)
+        assert await wait_until(lambda: len(sink.reports) == 1)
+
+    assert emulator.state.settings.webhook_url == url
+
+
+def test_the_webhook_the_emulator_sends_is_what_the_gateway_parses() -> None:
+    payload = identity_changed_webhook(KNOWN, NEW_HASH, 1700000000999)
+
+    reports = parse_webhook(json.dumps(payload).encode())
+
+    assert reports == [IdentityChangeReport(KNOWN, NEW_HASH, 1700000000000)]
+
+
 # Running it.
 
 
@@ -756,6 +976,45 @@ async def test_run_emulator_serves_https_and_hides_a_chosen_password(
         task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_run_emulator_sends_webhooks_to_its_webhook_url(
+    capsys: pytest.CaptureFixture[str], receiver: tuple[Receiver, str]
+) -> None:
+    sink, webhook_url = receiver
+    task = asyncio.create_task(
+        run_emulator(
+            "127.0.0.1",
+            0,
+            username="admin",
+            password="secret",
+            token_lifetime=60,
+            webhook_url=webhook_url,
+        )
+    )
+    try:
+        line, url = await announced_url(capsys)
+        assert webhook_url in line
+        async with EmulatorControl(url) as control:
+            await control.set_identity(KNOWN, NEW_HASH)
+        assert await wait_until(lambda: len(sink.reports) == 1)
+        assert sink.reports[0].hash == NEW_HASH
+    finally:
+        task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_run_emulator_refuses_a_webhook_url_that_is_not_http() -> None:
+    with pytest.raises(ValueError, match="webhook_url"):
+        await run_emulator(
+            "127.0.0.1",
+            0,
+            username="admin",
+            password="secret",
+            token_lifetime=60,
+            webhook_url="file:///etc/passwd",
+        )
 
 
 def test_the_emulator_command_serves_until_sigterm_then_exits_cleanly() -> None:
