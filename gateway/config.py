@@ -55,6 +55,7 @@ class GatewayConfig:
     upstream_max_in_flight: int = 8
     upstream_max_waiting: int = 256
     upstream_retries: int = 2
+    cache_backend: str = "memory"  # or redis://host:port/db, shared by every replica
     webhook_listen: str | None = None  # HOST:PORT of the WhatsApp webhook endpoint; None = off
     authz_policy: Policy | None = None  # caller authorization; None = every caller allowed
     shutdown_grace: float = 10.0
@@ -68,6 +69,10 @@ class GatewayConfig:
         split_host_port(self.listen, "--listen")
         if self.metrics_listen is not None:
             split_host_port(self.metrics_listen, "--metrics-listen")
+        if self.cache_backend != "memory":
+            url = urllib.parse.urlsplit(self.cache_backend)
+            if url.scheme not in ("redis", "rediss") or not url.hostname:
+                raise ConfigError("--cache-backend must be memory or redis://host:port/db")
         if self.webhook_listen is not None:
             split_host_port(self.webhook_listen, "--webhook-listen")
         if not 0 < self.upstream_timeout < math.inf:

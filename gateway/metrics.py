@@ -156,6 +156,17 @@ class Metrics:
             ("state",),
             registry=r,
         )
+        self.cache_backend_degraded = Gauge(
+            "identity_gateway_cache_backend_degraded",
+            "1 while the shared cache (Redis) is unreachable and reads go upstream.",
+            registry=r,
+        )
+        self._cache_backend_errors = Counter(
+            "identity_gateway_cache_backend_errors",
+            "Failed calls to the shared cache (Redis), by operation.",
+            ("operation",),
+            registry=r,
+        )
         self._logins = Counter(
             "identity_gateway_upstream_logins",
             "Logins to the WhatsApp API, by outcome.",
@@ -201,6 +212,12 @@ class Metrics:
     def breaker_changed(self, old: BreakerState, new: BreakerState) -> None:
         self._breaker_state.set(_BREAKER_LEVELS[new])
         self._breaker_transitions.labels(new.name.lower()).inc()
+
+    def cache_backend_error(self, operation: str) -> None:
+        self._cache_backend_errors.labels(operation).inc()
+
+    def cache_backend_state(self, degraded: bool) -> None:
+        self.cache_backend_degraded.set(1 if degraded else 0)
 
     def login(self, outcome: str) -> None:
         self._logins.labels(outcome).inc()

@@ -30,11 +30,12 @@ from prometheus_client import exposition
 from whatsapp.identity.v1 import identity_pb2
 
 from gateway.authz import Authorizer
-from gateway.cache import IdentityCache, MemoryStore
+from gateway.cache import IdentityCache, IdentityStore, MemoryStore
 from gateway.changes import ChangeBus
 from gateway.config import GatewayConfig, split_host_port
 from gateway.logs import AccessLog
 from gateway.metrics import Metrics
+from gateway.redis_store import RedisIdentityStore
 from gateway.service import IdentityServicer, add_to_server
 from gateway.upstream import WhatsAppClient
 from gateway.webhooks import IdentityChangeReport, WebhookServer
@@ -70,9 +71,19 @@ class GatewayServer:
         self.access_log = AccessLog()
         authorizer = Authorizer(config.authz_policy) if config.authz_policy else None
         self.changes = ChangeBus()
+        self.redis: RedisIdentityStore | None = None
+        store: IdentityStore = MemoryStore(self.cache)
+        if config.cache_backend != "memory":
+            self.redis = RedisIdentityStore(
+                config.cache_backend,
+                config.cache_ttl,
+                on_degraded=self.metrics.cache_backend_state,
+                on_error=self.metrics.cache_backend_error,
+            )
+            store = self.redis
         self._servicer = IdentityServicer(
             self.client,
-            MemoryStore(self.cache),
+            store,
             self.metrics,
             self.access_log,
             authorizer,
@@ -108,6 +119,8 @@ class GatewayServer:
             host, port = split_host_port(self.config.webhook_listen, "--webhook-listen")
             self._webhooks = WebhookServer(host, port, self._on_webhook)
             await self._webhooks.__aenter__()
+        if self.redis is not None:
+            self.changes.attach(self.redis)  # changes fan out to every replica
         await self._server.start()
         if self.access_log.enabled:
             self._access_log_task = asyncio.ensure_future(self.access_log.run())
@@ -136,6 +149,8 @@ class GatewayServer:
         await self._server.stop(0)  # cancel whatever is left
         await stopping
         await self.client.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
         if self._access_log_task is not None:
             self._access_log_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

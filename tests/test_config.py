@@ -167,6 +167,7 @@ def test_every_serve_flag_has_an_environment_test() -> None:
         "--tls-key",
         "--tls-client-ca",
         "--webhook-listen",  # tests/test_webhook_loop.py
+        "--cache-backend",  # tests/test_shared_cache.py
     }
 
     assert flags == {setting.flag for setting in SETTINGS} | explicitly_tested
@@ -246,6 +247,13 @@ def test_upstream_safeguards_have_defaults_flags_and_environment_variables(
 )
 def test_bad_upstream_safeguards_are_rejected_naming_the_flag(argv: list[str]) -> None:
     assert argv[0] in config_error(argv, TOKEN_ENV)
+
+
+def test_the_cache_backend_is_memory_or_a_redis_url() -> None:
+    assert load([], TOKEN_ENV).cache_backend == "memory"
+    redis_env = {**TOKEN_ENV, "IDENTITY_GATEWAY_CACHE_BACKEND": "redis://10.0.0.5:6379/2"}
+    assert load([], redis_env).cache_backend == "redis://10.0.0.5:6379/2"
+    assert "--cache-backend" in config_error(["--cache-backend", "memcached://x"], TOKEN_ENV)
 
 
 def test_shutdown_grace_comes_from_flag_then_environment_then_default() -> None:
