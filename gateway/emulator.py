@@ -55,13 +55,15 @@ import ssl
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Mapping
-from types import MappingProxyType, TracebackType
+from types import MappingProxyType
 from typing import Any, Literal, get_args
 
 import aiohttp
 from aiohttp import BasicAuth, web
 from aiohttp.typedefs import Handler
 from multidict import CIMultiDict
+
+from gateway.appserver import AppServer
 
 __all__ = [
     "DEFAULT_PASSWORD",
@@ -1097,7 +1099,7 @@ async def _control_reset(request: web.Request) -> web.Response:
 # Running it.
 
 
-class RunningEmulator:
+class RunningEmulator(AppServer):
     """The emulator serving on a socket for the life of an ``async with`` block.
 
     ::
@@ -1105,6 +1107,8 @@ class RunningEmulator:
         async with RunningEmulator(port=0) as emu:
             await client.post(emu.url + "/v1/users/login", auth=("admin", "secret"))
     """
+
+    name = "WhatsApp API emulator"
 
     def __init__(
         self,
@@ -1117,56 +1121,17 @@ class RunningEmulator:
         token_lifetime: float = DEFAULT_TOKEN_LIFETIME,
         webhook_url: str | None = None,
     ) -> None:
+        # A short shutdown timeout: stalls wake on shutdown, and nothing here needs a grace.
+        super().__init__(host, port, ssl_context=ssl_context, shutdown_timeout=_SHUTDOWN_TIMEOUT)
         self.state = EmulatorState(username, password, token_lifetime, webhook_url=webhook_url)
-        self._host = host
-        self._requested_port = port
-        self._ssl_context = ssl_context
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
 
-    @property
-    def port(self) -> int:
-        """The port it listens on (the one chosen when asked for port 0)."""
-        if self._port is None:
-            raise RuntimeError("the emulator is not running")
-        return self._port
+    def create_app(self) -> web.Application:
+        return create_app(self.state)
 
     @property
     def url(self) -> str:
         """Its base URL, such as ``http://127.0.0.1:9090``."""
-        scheme = "https" if self._ssl_context is not None else "http"
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"{scheme}://{host}:{self.port}"
-
-    async def __aenter__(self) -> RunningEmulator:
-        # A short shutdown timeout: stalls wake on shutdown, and nothing here needs a grace.
-        runner = web.AppRunner(
-            create_app(self.state), access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT
-        )
-        await runner.setup()
-        try:
-            site = web.TCPSite(
-                runner, self._host, self._requested_port, ssl_context=self._ssl_context
-            )
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self._port = runner.addresses[0][1]
-        logger.info("WhatsApp API emulator listening on %s", self.url)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-            self._port = None
+        return self.base_url
 
 
 async def run_emulator(

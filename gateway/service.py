@@ -400,27 +400,32 @@ def _deserializer(message: type[Message]) -> Callable[[bytes], Message | Undecod
 def add_to_server(servicer: IdentityServicer, server: grpc.aio.Server) -> None:
     """Register ``servicer`` like the generated ``add_IdentityServiceServicer_to_server``, but
     with a serializer that sends cached answers without building or serializing anything."""
-    handlers = {
-        "GetIdentity": grpc.unary_unary_rpc_method_handler(
-            servicer.GetIdentity,
-            request_deserializer=_deserializer(identity_pb2.GetIdentityRequest),
-            response_serializer=_serialize,
-        ),
-        "AcknowledgeIdentity": grpc.unary_unary_rpc_method_handler(
+    unary, stream = grpc.unary_unary_rpc_method_handler, grpc.unary_stream_rpc_method_handler
+    methods: dict[str, tuple[Callable[..., grpc.RpcMethodHandler], type[Message], Any]] = {
+        "GetIdentity": (unary, identity_pb2.GetIdentityRequest, servicer.GetIdentity),
+        "AcknowledgeIdentity": (
+            unary,
+            identity_pb2.AcknowledgeIdentityRequest,
             servicer.AcknowledgeIdentity,
-            request_deserializer=_deserializer(identity_pb2.AcknowledgeIdentityRequest),
-            response_serializer=_serialize,
         ),
-        "ReportIdentityChange": grpc.unary_unary_rpc_method_handler(
+        "ReportIdentityChange": (
+            unary,
+            identity_pb2.ReportIdentityChangeRequest,
             servicer.ReportIdentityChange,
-            request_deserializer=_deserializer(identity_pb2.ReportIdentityChangeRequest),
-            response_serializer=_serialize,
         ),
-        "WatchIdentityChanges": grpc.unary_stream_rpc_method_handler(
+        "WatchIdentityChanges": (
+            stream,
+            identity_pb2.WatchIdentityChangesRequest,
             servicer.WatchIdentityChanges,
-            request_deserializer=_deserializer(identity_pb2.WatchIdentityChangesRequest),
-            response_serializer=_serialize,
         ),
+    }
+    handlers = {
+        name: make(
+            behaviour,
+            request_deserializer=_deserializer(request),
+            response_serializer=_serialize,
+        )
+        for name, (make, request, behaviour) in methods.items()
     }
     name = identity_pb2.DESCRIPTOR.services_by_name["IdentityService"].full_name
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))

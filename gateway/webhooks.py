@@ -43,11 +43,11 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from types import TracebackType
 from typing import Any
 
 from aiohttp import web
 
+from gateway.appserver import AppServer
 from gateway.validation import (
     HASH_RULE,
     WA_ID_RULE,
@@ -264,7 +264,7 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-class WebhookServer:
+class WebhookServer(AppServer):
     """The webhook endpoint serving on a socket for the life of an ``async with`` block.
 
     Leaving the block stops it within about a second, cancelling an ``on_changes`` that hangs::
@@ -273,54 +273,22 @@ class WebhookServer:
             await client.post(webhooks.url, json={"messages": []})  # url ends in /webhook
     """
 
+    name = "identity-change webhook"
+
     def __init__(
         self, host: str, port: int, on_changes: OnChanges, *, path: str = "/webhook"
     ) -> None:
         if not path.startswith("/"):
             raise ValueError("path must start with '/'")
+        # A short grace: on_changes should be quick, and one that hangs must not hold up a stop.
+        super().__init__(host, port, shutdown_timeout=_SHUTDOWN_TIMEOUT)
         self._on_changes = on_changes
-        self._host = host
-        self._requested_port = port
         self._path = path
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
 
-    @property
-    def port(self) -> int:
-        """The port it listens on (the one chosen when asked for port 0)."""
-        if self._port is None:
-            raise RuntimeError("the webhook server is not running")
-        return self._port
+    def create_app(self) -> web.Application:
+        return create_webhook_app(self._on_changes, path=self._path)
 
     @property
     def url(self) -> str:
         """The webhook URL to give the WhatsApp client, such as ``http://10.0.0.5:8081/webhook``."""
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self.port}{self._path}"
-
-    async def __aenter__(self) -> WebhookServer:
-        # A short grace: on_changes should be quick, and one that hangs must not hold up a stop.
-        app = create_webhook_app(self._on_changes, path=self._path)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, self._host, self._requested_port)
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self._port = runner.addresses[0][1]
-        logger.info("identity-change webhook listening on %s", self.url)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-            self._port = None
+        return self.base_url + self._path
