@@ -124,7 +124,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     ) -> None:
         await self._handle(Operation.WATCH, self._watch, request, context)
 
-    # ------------------------------------------------------------------ the two operations
+    # ------------------------------------------------------------------ the operations
 
     async def _get_identity(
         self,
@@ -167,6 +167,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         record.upstream_status = 200
         fetched_at = time.time()
         response = _response(wa_id, identity, fetched_at)
+        # What was cached before, to tell watchers when WhatsApp now says something else.
         previous = await self._store.get_fresh(wa_id)
         response.cache_hit = True
         await self._store.put(wa_id, response.SerializeToString())
@@ -194,11 +195,12 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             ):
                 await self._store.invalidate(wa_id)
             raise
-        cached = await self._store.get_fresh(wa_id)
-        await self._store.update(wa_id, lambda cached: _acknowledged(cached, request.hash))
+        before = await self._store.get_fresh(wa_id)
+        await self._store.update(wa_id, lambda payload: _acknowledged(payload, request.hash))
         identity = identity_pb2.Identity(wa_id=wa_id, hash=request.hash, acknowledged=True)
-        if cached is not None and _cached_identity(cached).hash == request.hash:
-            identity.create_time.CopyFrom(_cached_identity(cached).create_time)
+        known = _cached_identity(before) if before is not None else None
+        if known is not None and known.hash == request.hash:
+            identity.create_time.CopyFrom(known.create_time)
         self._announce(identity, identity_pb2.IDENTITY_CHANGE_SOURCE_ACKNOWLEDGE, time.time())
         return _ACK_RESPONSE
 
