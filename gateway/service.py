@@ -35,7 +35,7 @@ from gateway.errors import (
     rule_for,
     to_status,
 )
-from gateway.logs import AccessLog, RequestIds, mask_wa_id, request_id
+from gateway.logs import AccessLog, RequestIds, request_id
 from gateway.metrics import Metrics
 from gateway.parse import UpstreamIdentity
 from gateway.upstream import TRACE_HEADERS, WhatsAppClient
@@ -311,18 +311,15 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
                 identity_hash = str(getattr(request, "hash", ""))
                 audit_acknowledge(caller, wa_id, identity_hash, outcome, record.request_id)
             if self._access_log.enabled:
-                self._access_log.write(
-                    {
-                        "message": f"{method} {code.name}",
-                        "request_id": record.request_id,
-                        "method": method,
-                        "code": code.name,
-                        "reason": reason.value if reason else None,
-                        "latency_ms": round(elapsed * 1000, 3),
-                        "cache": record.cache,
-                        "upstream_status": record.upstream_status,
-                        "wa_id": mask_wa_id(record.wa_id) if record.wa_id else None,
-                    }
+                self._access_log.rpc(
+                    method,
+                    code.name,
+                    reason.value if reason else None,
+                    elapsed,
+                    record.cache,
+                    record.upstream_status,
+                    record.wa_id,
+                    record.request_id,
                 )
 
 

@@ -1,0 +1,84 @@
+"""JSON log lines: the formatter, masking, and the per-RPC access line."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+
+from gateway.logs import AccessLog, JsonFormatter, RequestIds, mask_wa_id, request_id
+
+
+@pytest.mark.parametrize(
+    ("wa_id", "masked"),
+    [("16315551234", "*******1234"), ("123456", "**3456"), ("1234", "****"), ("", "")],
+)
+def test_a_wa_id_is_masked_to_its_last_four_digits(wa_id: str, masked: str) -> None:
+    assert mask_wa_id(wa_id) == masked
+
+
+@pytest.mark.parametrize(
+    "caller_request_id",
+    ["plain-id", 'quote"inside', "back\\slash", "new\nline", "tab\there", "snow☃", "\x00\x1f"],
+)
+def test_the_access_line_is_valid_json_whatever_the_request_id(caller_request_id: str) -> None:
+    stream = io.StringIO()
+    access = AccessLog(stream)
+    access.rpc("GetIdentity", "OK", None, 0.00123, "hit", None, "16315551234", caller_request_id)
+    access.rpc("AcknowledgeIdentity", "FAILED_PRECONDITION", "HASH_MISMATCH", 0.2, None, 409,
+               None, "x")  # fmt: skip
+    access.flush()
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first == {
+        "time": first["time"],
+        "level": "info",
+        "logger": "gateway.rpc",
+        "message": "GetIdentity OK",
+        "request_id": caller_request_id,
+        "method": "GetIdentity",
+        "code": "OK",
+        "reason": None,
+        "latency_ms": 1.23,
+        "cache": "hit",
+        "upstream_status": None,
+        "wa_id": "*******1234",
+    }
+    assert (second["reason"], second["upstream_status"], second["wa_id"]) == (
+        "HASH_MISMATCH",
+        409,
+        None,
+    )
+    assert first["time"].endswith("+00:00")
+
+
+def test_the_access_log_writes_in_batches() -> None:
+    stream = io.StringIO()
+    access = AccessLog(stream, max_lines=3)
+    for _ in range(2):
+        access.rpc("GetIdentity", "OK", None, 0.001, "hit", None, "16315551234", "r")
+    assert stream.getvalue() == ""  # not yet: batched
+    access.rpc("GetIdentity", "OK", None, 0.001, "hit", None, "16315551234", "r")
+    assert len(stream.getvalue().splitlines()) == 3  # the batch is full: written
+
+
+def test_request_ids_are_unique() -> None:
+    ids = RequestIds()
+    assert len({ids.new() for _ in range(10_000)}) == 10_000
+
+
+def test_a_log_line_carries_the_rpc_request_id_and_its_fields() -> None:
+    record = logging.LogRecord(
+        "gateway.auth", logging.INFO, __file__, 1, "logged %s", ("in",), None
+    )
+    record.fields = {"port": 50051, "time": "not the real time"}
+    token = request_id.set("req-7")
+    try:
+        line = json.loads(JsonFormatter().format(record))
+    finally:
+        request_id.reset(token)
+    assert line["message"] == "logged in"
+    assert line["request_id"] == "req-7"
+    assert line["port"] == 50051
+    assert line["field_time"] == "not the real time"  # a reserved key is never overwritten
