@@ -56,6 +56,7 @@ class GatewayConfig:
     upstream_max_waiting: int = 256
     upstream_retries: int = 2
     cache_backend: str = "memory"  # or redis://host:port/db, shared by every replica
+    cache_backend_timeout: float = 0.25  # per Redis call; slower counts as Redis being down
     webhook_listen: str | None = None  # HOST:PORT of the WhatsApp webhook endpoint; None = off
     authz_policy: Policy | None = None  # caller authorization; None = every caller allowed
     shutdown_grace: float = 10.0
@@ -73,6 +74,8 @@ class GatewayConfig:
             url = urllib.parse.urlsplit(self.cache_backend)
             if url.scheme not in ("redis", "rediss") or not url.hostname:
                 raise ConfigError("--cache-backend must be memory or redis://host:port/db")
+        if not 0 < self.cache_backend_timeout < math.inf:
+            raise ConfigError("--cache-backend-timeout must be a positive number of seconds")
         if self.webhook_listen is not None:
             split_host_port(self.webhook_listen, "--webhook-listen")
         if not 0 < self.upstream_timeout < math.inf:

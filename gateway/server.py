@@ -77,6 +77,7 @@ class GatewayServer:
             self.redis = RedisIdentityStore(
                 config.cache_backend,
                 config.cache_ttl,
+                timeout=config.cache_backend_timeout,
                 on_degraded=self.metrics.cache_backend_state,
                 on_error=self.metrics.cache_backend_error,
             )

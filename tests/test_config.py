@@ -168,6 +168,7 @@ def test_every_serve_flag_has_an_environment_test() -> None:
         "--tls-client-ca",
         "--webhook-listen",  # tests/test_webhook_loop.py
         "--cache-backend",  # tests/test_shared_cache.py
+        "--cache-backend-timeout",
     }
 
     assert flags == {setting.flag for setting in SETTINGS} | explicitly_tested
@@ -254,6 +255,8 @@ def test_the_cache_backend_is_memory_or_a_redis_url() -> None:
     redis_env = {**TOKEN_ENV, "IDENTITY_GATEWAY_CACHE_BACKEND": "redis://10.0.0.5:6379/2"}
     assert load([], redis_env).cache_backend == "redis://10.0.0.5:6379/2"
     assert "--cache-backend" in config_error(["--cache-backend", "memcached://x"], TOKEN_ENV)
+    assert load(["--cache-backend-timeout", "1.5"], TOKEN_ENV).cache_backend_timeout == 1.5
+    assert "--cache-backend-timeout" in config_error(["--cache-backend-timeout", "0"], TOKEN_ENV)
 
 
 def test_shutdown_grace_comes_from_flag_then_environment_then_default() -> None:

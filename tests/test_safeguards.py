@@ -62,13 +62,15 @@ async def test_retries_stop_before_the_callers_deadline(
     emulator: RunningEmulator, gateway_factory: GatewayFactory
 ) -> None:
     wa_id = known_contact(emulator)
-    emulator.state.add_fault(Fault(path(wa_id), status=503, delay=0.1, times=None))
+    # The emulator's delay dominates each attempt, so a busy machine barely changes how long
+    # an attempt takes: the gateway's estimate of the next one stays right.
+    emulator.state.add_fault(Fault(path(wa_id), status=503, delay=0.3, times=None))
     async with gateway_factory(upstream_retries=10) as gateway:
-        outcome = await gateway.get(wa_id, timeout=0.6)
+        outcome = await gateway.get(wa_id, timeout=1.8)
     # Had a retry run into the deadline, the caller would see DEADLINE_EXCEEDED.
     assert outcome.code == grpc.StatusCode.UNAVAILABLE, outcome
     assert outcome.reason == "UPSTREAM_UNAVAILABLE"
-    assert 2 <= emulator.state.count("GET", path(wa_id)) <= 6
+    assert 2 <= emulator.state.count("GET", path(wa_id)) <= 5
 
 
 async def test_a_retry_after_beyond_the_deadline_is_returned_not_waited_for(

@@ -68,9 +68,11 @@ def private_redis(port: int) -> Iterator[subprocess.Popen[bytes]]:
 async def replicas(
     emulator: RunningEmulator, tmp_path: Path, backend: str, *extra: str
 ) -> AsyncIterator[tuple[ServeProcess, ServeProcess]]:
+    # Room for each Redis call: a busy test machine must not pass for a Redis outage.
+    flags = ("--cache-backend", backend, "--cache-backend-timeout", "2")
     async with (
-        serve_process(emulator, tmp_path, "--cache-backend", backend, *extra) as one,
-        serve_process(emulator, tmp_path, "--cache-backend", backend) as two,
+        serve_process(emulator, tmp_path, *flags, *extra) as one,
+        serve_process(emulator, tmp_path, *flags) as two,
     ):
         yield one, two
 
