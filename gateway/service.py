@@ -137,7 +137,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             record.cache = "bypass"
             self._metrics.cache_bypass()
             async with caller_deadline(context.time_remaining()):
-                return await self._fetch(wa_id, record)
+                return await self._fetch(wa_id, record, compare_with_cache=True)
         cached = await self._store.get_fresh(wa_id)
         if cached is not None:
             record.cache = "hit"
@@ -148,14 +148,23 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         # The shared read is bounded by --upstream-timeout only; each caller stops waiting at
         # its own deadline, and the read is abandoned when the last caller has gone.
         async with caller_deadline(context.time_remaining()):
-            response, joined = await self._flights.run(wa_id, lambda: self._fetch(wa_id, record))
+            response, joined = await self._flights.run(
+                wa_id, lambda: self._fetch(wa_id, record, compare_with_cache=False)
+            )
         if joined:
             record.cache = "joined"
             self._metrics.singleflight_join()
         return response
 
-    async def _fetch(self, wa_id: str, record: RpcRecord) -> identity_pb2.GetIdentityResponse:
-        """Read WhatsApp, cache the answer a later hit will send, return this call's answer."""
+    async def _fetch(
+        self, wa_id: str, record: RpcRecord, *, compare_with_cache: bool
+    ) -> identity_pb2.GetIdentityResponse:
+        """Read WhatsApp, cache the answer a later hit will send, return this call's answer.
+
+        With ``compare_with_cache`` (a bypass read, when the cache may hold an identity), a
+        hash other than the cached one is announced to watchers. A miss has just found the
+        cache empty, so it does not ask the store again.
+        """
         try:
             identity = await self._client.get_identity(
                 wa_id, time_remaining=None, trace=record.trace
@@ -167,8 +176,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         record.upstream_status = 200
         fetched_at = time.time()
         response = _response(wa_id, identity, fetched_at)
-        # What was cached before, to tell watchers when WhatsApp now says something else.
-        previous = await self._store.get_fresh(wa_id)
+        previous = await self._store.get_fresh(wa_id) if compare_with_cache else None
         response.cache_hit = True
         await self._store.put(wa_id, response.SerializeToString())
         response.cache_hit = False
@@ -195,12 +203,19 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             ):
                 await self._store.invalidate(wa_id)
             raise
-        before = await self._store.get_fresh(wa_id)
-        await self._store.update(wa_id, lambda payload: _acknowledged(payload, request.hash))
         identity = identity_pb2.Identity(wa_id=wa_id, hash=request.hash, acknowledged=True)
-        known = _cached_identity(before) if before is not None else None
-        if known is not None and known.hash == request.hash:
-            identity.create_time.CopyFrom(known.create_time)
+
+        def acknowledge_cached(payload: bytes) -> bytes | None:
+            """The cached answer, marked acknowledged; None (drop it) if it holds another hash."""
+            cached = identity_pb2.GetIdentityResponse.FromString(payload)
+            if cached.identity.hash != request.hash:
+                return None
+            cached.identity.acknowledged = True
+            identity.create_time.CopyFrom(cached.identity.create_time)  # for the watchers
+            serialized: bytes = cached.SerializeToString()
+            return serialized
+
+        await self._store.update(wa_id, acknowledge_cached)
         self._announce(identity, identity_pb2.IDENTITY_CHANGE_SOURCE_ACKNOWLEDGE, time.time())
         return _ACK_RESPONSE
 
@@ -350,17 +365,6 @@ def _response(
 def _cached_identity(cached: bytes) -> identity_pb2.Identity:
     identity: identity_pb2.Identity = identity_pb2.GetIdentityResponse.FromString(cached).identity
     return identity
-
-
-def _acknowledged(cached: bytes, identity_hash: str) -> bytes | None:
-    """A cached answer after ``identity_hash`` was acknowledged: marked if it is the cached
-    hash, else None (the cached identity is stale; drop it)."""
-    response = identity_pb2.GetIdentityResponse.FromString(cached)
-    if response.identity.hash != identity_hash:
-        return None
-    response.identity.acknowledged = True
-    serialized: bytes = response.SerializeToString()
-    return serialized
 
 
 def _serialize(response: Any) -> bytes:

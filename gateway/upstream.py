@@ -241,10 +241,6 @@ class WhatsAppClient:
             observer=watcher,
         )
 
-    @property
-    def breaker_state(self) -> BreakerState:
-        return self._guards.breaker.state
-
     async def __aenter__(self) -> WhatsAppClient:
         return self
 
