@@ -7,12 +7,12 @@ Structured values go in ``extra={"fields": {...}}`` and become top-level keys of
 
 The one line per RPC goes through :class:`AccessLog` instead of :mod:`logging`: at thousands of
 RPCs a second, a logging record and a ``write`` per line cost more than the RPC itself. It
-formats the same JSON object and writes lines in batches, at most ``flush_interval`` late.
+formats the same JSON object, and :class:`gateway.journal.RpcJournal` has it write lines in
+batches.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import contextvars
 import datetime as dt
@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import sys
-import time
 from json.encoder import encode_basestring
 from typing import IO, Any
 
@@ -99,23 +98,17 @@ class AccessLog:
     """One JSON line per RPC, on the log stream, written in batches.
 
         access = AccessLog()
-        access.rpc("GetIdentity", "OK", None, 0.0012, "hit", None, wa_id, request_id)
-        task = asyncio.create_task(access.run())    # flushes every flush_interval
-        ...
-        access.flush()                              # on shutdown
+        access.rpc("GetIdentity", "OK", None, 0.0012, "hit", None, wa_id, request_id, time.time())
+        access.flush()                              # writes every line added since the last
 
     It is off unless the ``gateway.rpc`` logger is enabled for INFO, as the level says.
     """
 
     LOGGER = "gateway.rpc"
 
-    def __init__(
-        self, stream: IO[str] | None = None, *, flush_interval: float = 0.2, max_lines: int = 1000
-    ) -> None:
+    def __init__(self, stream: IO[str] | None = None) -> None:
         self.enabled = logging.getLogger(self.LOGGER).isEnabledFor(logging.INFO)
         self._stream = stream
-        self._flush_interval = flush_interval
-        self._max_lines = max_lines
         self._lines: list[str] = []
         self._second = -1
         self._second_text = ""
@@ -130,22 +123,22 @@ class AccessLog:
         upstream_status: int | None,
         wa_id: str | None,
         request: str,
+        at: float,
     ) -> None:
-        """Add the line of one RPC.
+        """Add the line of one RPC, which ended at ``at`` (seconds since the epoch).
 
         The line is a template, not ``json.dumps`` of a dict (five times the cost, on every
         RPC). That is safe because every value but the request id is a known constant, a
         number, or masked digits; the request id comes from the caller and is escaped.
         """
-        now = time.time()
-        second = int(now)
+        second = int(at)
         if second != self._second:  # formatting a date is slow; once a second is enough
             self._second = second
             self._second_text = dt.datetime.fromtimestamp(second, dt.UTC).strftime(
                 "%Y-%m-%dT%H:%M:%S"
             )
         self._lines.append(
-            f'{{"time": "{self._second_text}.{int((now - second) * 1000):03d}+00:00", '
+            f'{{"time": "{self._second_text}.{int((at - second) * 1000):03d}+00:00", '
             f'"level": "info", "logger": "{self.LOGGER}", "message": "{method} {code}", '
             f'"request_id": {encode_basestring(request)}, "method": "{method}", '
             f'"code": "{code}", "reason": {_quoted(reason)}, '
@@ -153,8 +146,6 @@ class AccessLog:
             f'"upstream_status": {"null" if upstream_status is None else upstream_status}, '
             f'"wa_id": {_quoted(None if wa_id is None else mask_wa_id(wa_id))}}}'
         )
-        if len(self._lines) >= self._max_lines:
-            self.flush()
 
     def flush(self) -> None:
         """Write every pending line now."""
@@ -166,12 +157,3 @@ class AccessLog:
         with contextlib.suppress(OSError, ValueError):  # a closed stream must not fail an RPC
             stream.write(text)
             stream.flush()
-
-    async def run(self) -> None:
-        """Flush periodically until cancelled, then flush what is left."""
-        try:
-            while True:
-                await asyncio.sleep(self._flush_interval)
-                self.flush()
-        finally:
-            self.flush()

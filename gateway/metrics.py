@@ -3,9 +3,10 @@
 Each :class:`Metrics` owns its registry, so several gateways can live in one test process.
 
 The per-RPC series (``grpc_server_*``, cache hits, misses, bypasses, single-flight joins) are
-counted in plain integers and turned into Prometheus families by a collector at scrape time:
-a prometheus-client counter takes a lock and several calls per increment, which at thousands
-of cache hits a second costs more than the hit itself. Everything else (upstream requests,
+counted in plain integers, in batches, by :class:`gateway.journal.RpcJournal`, and turned into
+Prometheus families by a collector at scrape time, which first has the journal count what it
+holds: a prometheus-client counter takes a lock and several calls per increment, which at
+thousands of cache hits a second costs more than the hit itself. Everything else (upstream requests,
 logins, evictions) uses prometheus-client's own counters and histograms.
 
     metrics = Metrics()
@@ -16,7 +17,7 @@ logins, evictions) uses prometheus-client's own counters and histograms.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import prometheus_client
@@ -30,6 +31,13 @@ SERVICE = "whatsapp.identity.v1.IdentityService"
 _BREAKER_LEVELS = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 METHODS = ("GetIdentity", "AcknowledgeIdentity", "ReportIdentityChange", "WatchIdentityChanges")
 GRPC_TYPES = {method: "unary" for method in METHODS} | {"WatchIdentityChanges": "server_stream"}
+# Which cache counters a GetIdentity's cache outcome (RpcRecord.cache) adds to.
+_CACHE_COUNTS = {
+    "hit": ("hits",),
+    "miss": ("misses",),
+    "joined": ("misses", "singleflight_joins"),
+    "bypass": ("bypasses",),
+}
 # Latency buckets from 0.5 ms (a cache hit) to 10 s (a slow upstream with a long deadline).
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -59,12 +67,15 @@ class _RpcCounts(Collector):
     """The hot-path counts, exported in the shapes and names prometheus-client would use."""
 
     def __init__(self) -> None:
+        self.before_collect: list[Callable[[], None]] = []
         self.started = dict.fromkeys(METHODS, 0)
         self.handled: dict[tuple[str, str], int] = {}
         self.latency = {method: _LatencyHistogram() for method in METHODS}
         self.cache = {"hits": 0, "misses": 0, "bypasses": 0, "singleflight_joins": 0}
 
     def collect(self) -> Iterator[Metric]:
+        for fold in self.before_collect:
+            fold()
         labels = ["grpc_type", "grpc_service", "grpc_method"]
         started = CounterMetricFamily(
             "grpc_server_started", "RPCs started on the server.", labels=labels
@@ -174,7 +185,7 @@ class Metrics:
             registry=r,
         )
 
-    # the hot path: plain integer arithmetic
+    # per RPC (counted by gateway.journal in batches): plain integer arithmetic
 
     def rpc_started(self, method: str) -> None:
         self._rpc.started[method] += 1
@@ -185,17 +196,15 @@ class Metrics:
         handled[key] = handled.get(key, 0) + 1
         self._rpc.latency[method].observe(seconds)
 
-    def cache_hit(self) -> None:
-        self._rpc.cache["hits"] += 1
+    def cache_outcome(self, cache: str) -> None:
+        """Count a GetIdentity's way through the cache: hit, miss, joined (a miss that joined
+        an upstream read in flight) or bypass."""
+        for key in _CACHE_COUNTS[cache]:
+            self._rpc.cache[key] += 1
 
-    def cache_miss(self) -> None:
-        self._rpc.cache["misses"] += 1
-
-    def cache_bypass(self) -> None:
-        self._rpc.cache["bypasses"] += 1
-
-    def singleflight_join(self) -> None:
-        self._rpc.cache["singleflight_joins"] += 1
+    def fold_before_collect(self, fold: Callable[[], None]) -> None:
+        """Have every scrape call ``fold`` first (to count RPCs noted but not yet counted)."""
+        self._rpc.before_collect.append(fold)
 
     # next to network calls: prometheus-client's own objects
 

@@ -33,6 +33,7 @@ from gateway.authz import Authorizer
 from gateway.cache import IdentityCache, IdentityStore, MemoryStore
 from gateway.changes import ChangeBus
 from gateway.config import GatewayConfig, split_host_port
+from gateway.journal import RpcJournal
 from gateway.logs import AccessLog
 from gateway.metrics import Metrics
 from gateway.redis_store import RedisIdentityStore
@@ -68,7 +69,7 @@ class GatewayServer:
                 ("grpc.so_reuseport", 1 if config.reuse_port else 0),
             ]
         )
-        self.access_log = AccessLog()
+        self.journal = RpcJournal(self.metrics, AccessLog())
         authorizer = Authorizer(config.authz_policy) if config.authz_policy else None
         self.changes = ChangeBus()
         self.redis: RedisIdentityStore | None = None
@@ -85,8 +86,7 @@ class GatewayServer:
         self._servicer = IdentityServicer(
             self.client,
             store,
-            self.metrics,
-            self.access_log,
+            self.journal,
             authorizer,
             self.changes,
         )
@@ -98,7 +98,7 @@ class GatewayServer:
             )
         self.port = 0
         self._metrics_server: tuple[object, object] | None = None
-        self._access_log_task: asyncio.Task[None] | None = None
+        self._journal_task: asyncio.Task[None] | None = None
         self._webhooks: WebhookServer | None = None
 
     async def start(self) -> int:
@@ -123,8 +123,7 @@ class GatewayServer:
         if self.redis is not None:
             self.changes.attach(self.redis)  # changes fan out to every replica
         await self._server.start()
-        if self.access_log.enabled:
-            self._access_log_task = asyncio.ensure_future(self.access_log.run())
+        self._journal_task = asyncio.ensure_future(self.journal.run())
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         return self.port
@@ -152,11 +151,11 @@ class GatewayServer:
         await self.client.aclose()
         if self.redis is not None:
             await self.redis.aclose()
-        if self._access_log_task is not None:
-            self._access_log_task.cancel()
+        if self._journal_task is not None:  # the last RPCs' metrics and lines
+            self._journal_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._access_log_task
-            self._access_log_task = None
+                await self._journal_task
+            self._journal_task = None
         if self._metrics_server is not None:
             http_server, thread = self._metrics_server
             http_server.shutdown()  # type: ignore[attr-defined]

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from time import perf_counter
 from typing import Any
 
 import grpc
@@ -22,7 +23,7 @@ from grpc_status import rpc_status
 from whatsapp.identity.v1 import identity_pb2, identity_pb2_grpc
 
 from gateway.authz import Authorizer, Caller, audit_acknowledge
-from gateway.cache import IdentityStore, SingleFlight
+from gateway.cache import IdentityStore, MemoryStore, SingleFlight
 from gateway.changes import ChangeBus
 from gateway.deadline import caller_deadline
 from gateway.errors import (
@@ -35,8 +36,8 @@ from gateway.errors import (
     rule_for,
     to_status,
 )
-from gateway.logs import AccessLog, RequestIds, request_id
-from gateway.metrics import Metrics
+from gateway.journal import RpcJournal
+from gateway.logs import RequestIds, request_id
 from gateway.parse import UpstreamIdentity
 from gateway.upstream import TRACE_HEADERS, WhatsAppClient
 from gateway.validation import normalize_wa_id, validate_acknowledge
@@ -76,19 +77,21 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self,
         client: WhatsAppClient,
         store: IdentityStore,
-        metrics: Metrics,
-        access_log: AccessLog | None = None,
+        journal: RpcJournal,
         authorizer: Authorizer | None = None,
         changes: ChangeBus | None = None,
     ) -> None:
         self._client = client
         self._store = store
+        # A cache hit in this process is answered in GetIdentity itself (see there); a shared
+        # store answers over the network, through the usual path.
+        self._memory_hit = store.cache.get_fresh if isinstance(store, MemoryStore) else None
         self.changes = changes or ChangeBus()
-        self._metrics = metrics
-        self._access_log = access_log or AccessLog()
+        self._journal = journal
+        self._started = journal.metrics.rpc_started
         self._authorizer = authorizer
-        self._request_ids = RequestIds()
-        self._flights: SingleFlight[identity_pb2.GetIdentityResponse] = SingleFlight()
+        self._request_ids: RequestIds = journal.request_ids
+        self._flights: SingleFlight[bytes] = SingleFlight()
         self._in_flight = 0
         self._idle: asyncio.Event | None = None  # created when draining starts
 
@@ -106,8 +109,36 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
 
     async def GetIdentity(
         self, request: identity_pb2.GetIdentityRequest, context: grpc.aio.ServicerContext
-    ) -> identity_pb2.GetIdentityResponse | bytes:
-        return await self._handle(Operation.GET, self._get_identity, request, context)
+    ) -> bytes:
+        """Every answer is the serialized response: a hit sends the cached bytes as they are.
+
+        The hit on this process's cache, the gateway's hottest path, is answered here with the
+        least work that keeps its promises: an exact match of a cached (so valid, normalised)
+        wa_id needs no validation, and the RPC is noted for metrics and the access log as one
+        tuple (see gateway.journal). Everything else, including a hit on a wa_id written
+        another way ("+1..."), takes the full path.
+        """
+        started = perf_counter()
+        metadata = context.invocation_metadata()
+        if (
+            self._memory_hit is not None
+            and self._authorizer is None
+            and type(request) is _GET_REQUEST
+            and not request.bypass_cache
+        ):
+            wa_id = request.wa_id
+            cached = self._memory_hit(wa_id)
+            if cached is not None:
+                self._started(_GET)
+                self._journal.record(
+                    (_GET, _OK, None, perf_counter() - started, "hit", None, wa_id, None,
+                     metadata, time.time())
+                )  # fmt: skip
+                return cached
+        answer: bytes = await self._handle(
+            Operation.GET, self._get_identity, request, context, started, metadata
+        )
+        return answer
 
     async def AcknowledgeIdentity(
         self, request: identity_pb2.AcknowledgeIdentityRequest, context: grpc.aio.ServicerContext
@@ -131,20 +162,17 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         request: identity_pb2.GetIdentityRequest,
         context: grpc.aio.ServicerContext,
         record: RpcRecord,
-    ) -> identity_pb2.GetIdentityResponse | bytes:
+    ) -> bytes:
         wa_id = record.wa_id = normalize_wa_id(request.wa_id)
         if request.bypass_cache:
             record.cache = "bypass"
-            self._metrics.cache_bypass()
             async with caller_deadline(context.time_remaining()):
                 return await self._fetch(wa_id, record, compare_with_cache=True)
         cached = await self._store.get_fresh(wa_id)
         if cached is not None:
             record.cache = "hit"
-            self._metrics.cache_hit()
-            return cached  # the serialized answer, sent as it is
+            return cached
         record.cache = "miss"
-        self._metrics.cache_miss()
         # The shared read is bounded by --upstream-timeout only; each caller stops waiting at
         # its own deadline, and the read is abandoned when the last caller has gone.
         async with caller_deadline(context.time_remaining()):
@@ -153,13 +181,11 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             )
         if joined:
             record.cache = "joined"
-            self._metrics.singleflight_join()
         return response
 
-    async def _fetch(
-        self, wa_id: str, record: RpcRecord, *, compare_with_cache: bool
-    ) -> identity_pb2.GetIdentityResponse:
-        """Read WhatsApp, cache the answer a later hit will send, return this call's answer.
+    async def _fetch(self, wa_id: str, record: RpcRecord, *, compare_with_cache: bool) -> bytes:
+        """Read WhatsApp, cache the answer a later hit will send, return this call's answer
+        (serialized once, however many callers share it).
 
         With ``compare_with_cache`` (a bypass read, when the cache may hold an identity), a
         hash other than the cached one is announced to watchers. A miss has just found the
@@ -182,7 +208,8 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         response.cache_hit = False
         if previous is not None and _cached_identity(previous).hash != identity.hash:
             self._announce(response.identity, identity_pb2.IDENTITY_CHANGE_SOURCE_READ, fetched_at)
-        return response
+        answer: bytes = response.SerializeToString()
+        return answer
 
     async def _acknowledge(
         self,
@@ -279,11 +306,14 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         handler: Callable[[Any, grpc.aio.ServicerContext, RpcRecord], Awaitable[Any]],
         request: Any,
         context: grpc.aio.ServicerContext,
+        started: float | None = None,
+        metadata: Any = None,
     ) -> Any:
         method = operation.value
-        started = time.perf_counter()
-        self._metrics.rpc_started(method)
-        metadata = context.invocation_metadata()
+        if started is None:
+            started = perf_counter()
+            metadata = context.invocation_metadata()
+        self._started(method)
         record = RpcRecord(metadata, self._request_ids)
         request_id.set(record.request_id)  # this RPC's own task context: no reset needed
         self._in_flight += 1
@@ -318,27 +348,22 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             self._in_flight -= 1
             if self._in_flight == 0 and self._idle is not None:
                 self._idle.set()
-            elapsed = time.perf_counter() - started
-            self._metrics.rpc_handled(method, code, elapsed)
+            elapsed = perf_counter() - started
             if operation is Operation.ACKNOWLEDGE:
                 outcome = reason.value if reason else code.name
                 wa_id = record.wa_id or str(getattr(request, "wa_id", ""))  # none if Undecodable
                 identity_hash = str(getattr(request, "hash", ""))
                 audit_acknowledge(caller, wa_id, identity_hash, outcome, record.request_id)
-            if self._access_log.enabled:
-                self._access_log.rpc(
-                    method,
-                    code.name,
-                    reason.value if reason else None,
-                    elapsed,
-                    record.cache,
-                    record.upstream_status,
-                    record.wa_id,
-                    record.request_id,
-                )
+            self._journal.record(
+                (method, code, reason, elapsed, record.cache, record.upstream_status,
+                 record.wa_id, record.request_id, None, time.time())
+            )  # fmt: skip
 
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
+_GET = Operation.GET.value
+_GET_REQUEST = identity_pb2.GetIdentityRequest
+_OK = grpc.StatusCode.OK
 
 
 def _response(
@@ -365,14 +390,6 @@ def _response(
 def _cached_identity(cached: bytes) -> identity_pb2.Identity:
     identity: identity_pb2.Identity = identity_pb2.GetIdentityResponse.FromString(cached).identity
     return identity
-
-
-def _serialize(response: Any) -> bytes:
-    """gRPC's response serializer: messages are serialized, cached answers are already bytes."""
-    if type(response) is bytes:
-        return response
-    serialized: bytes = response.SerializeToString()
-    return serialized
 
 
 class Undecodable:
@@ -402,23 +419,30 @@ def _deserializer(message: type[Message]) -> Callable[[bytes], Message | Undecod
 
 def add_to_server(servicer: IdentityServicer, server: grpc.aio.Server) -> None:
     """Register ``servicer`` like the generated ``add_IdentityServiceServicer_to_server``, but
-    with a serializer that sends cached answers without building or serializing anything."""
+    GetIdentity's answers are bytes already (cached or serialized once per upstream read), so
+    its serializer is ``bytes``, which hands them over as they are."""
+    pb = identity_pb2
     unary, stream = grpc.unary_unary_rpc_method_handler, grpc.unary_stream_rpc_method_handler
-    methods: dict[str, tuple[Callable[..., grpc.RpcMethodHandler], type[Message], Any]] = {
-        "GetIdentity": (unary, identity_pb2.GetIdentityRequest, servicer.GetIdentity),
+    methods: dict[
+        str, tuple[Callable[..., grpc.RpcMethodHandler], type[Message], Callable[..., Any], Any]
+    ] = {
+        "GetIdentity": (unary, pb.GetIdentityRequest, bytes, servicer.GetIdentity),
         "AcknowledgeIdentity": (
             unary,
-            identity_pb2.AcknowledgeIdentityRequest,
+            pb.AcknowledgeIdentityRequest,
+            pb.AcknowledgeIdentityResponse.SerializeToString,
             servicer.AcknowledgeIdentity,
         ),
         "ReportIdentityChange": (
             unary,
-            identity_pb2.ReportIdentityChangeRequest,
+            pb.ReportIdentityChangeRequest,
+            pb.ReportIdentityChangeResponse.SerializeToString,
             servicer.ReportIdentityChange,
         ),
         "WatchIdentityChanges": (
             stream,
-            identity_pb2.WatchIdentityChangesRequest,
+            pb.WatchIdentityChangesRequest,
+            pb.WatchIdentityChangesResponse.SerializeToString,
             servicer.WatchIdentityChanges,
         ),
     }
@@ -426,10 +450,10 @@ def add_to_server(servicer: IdentityServicer, server: grpc.aio.Server) -> None:
         name: make(
             behaviour,
             request_deserializer=_deserializer(request),
-            response_serializer=_serialize,
+            response_serializer=serialize,
         )
-        for name, (make, request, behaviour) in methods.items()
+        for name, (make, request, serialize, behaviour) in methods.items()
     }
-    name = identity_pb2.DESCRIPTOR.services_by_name["IdentityService"].full_name
+    name = pb.DESCRIPTOR.services_by_name["IdentityService"].full_name
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
     server.add_registered_method_handlers(name, handlers)

@@ -39,10 +39,12 @@ async def test_a_read_goes_upstream_once_then_is_served_from_the_cache(
     wa_id = known_contact(emulator)
 
     first = await gateway.get("+" + wa_id)
-    second = await gateway.get(wa_id)
+    second = await gateway.get(wa_id)  # the exact cached key: the short path
+    third = await gateway.get("+" + wa_id)  # another form of it: validated, then a hit
 
     assert first.ok, first
     assert second.ok, second
+    assert third.response == second.response
     identity = first.response.identity
     assert (identity.wa_id, identity.hash, identity.acknowledged) == (wa_id, HASH, False)
     assert identity.create_time.ToMilliseconds() == CREATED_MS

@@ -191,7 +191,8 @@ async def test_logs_are_json_lines_with_request_ids_and_no_secrets(
             traced = (("x-request-id", "trace-me-123"),)
             get = identity_pb2.GetIdentityRequest
             assert (await call(stub.GetIdentity, get(wa_id=known), metadata=traced)).ok
-            await call(stub.GetIdentity, get(wa_id=known))
+            hit_traced = (("x-request-id", "hit-me-456"),)  # a hit takes the short path
+            assert (await call(stub.GetIdentity, get(wa_id=known), metadata=hit_traced)).ok
             await call(stub.GetIdentity, get(wa_id="+" + unknown))
             await call(stub.GetIdentity, get(wa_id="../users/login"))
             ack = identity_pb2.AcknowledgeIdentityRequest
@@ -235,6 +236,7 @@ async def test_logs_are_json_lines_with_request_ids_and_no_secrets(
         "OK",
     ]
     assert [r["cache"] for r in rpc_lines[:3]] == ["miss", "hit", "miss"]
+    assert rpc_lines[1]["request_id"] == "hit-me-456"
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -1,0 +1,130 @@
+"""What each RPC did, noted as one tuple while it runs, and counted and logged later, in batches.
+
+    journal = RpcJournal(metrics, access_log)
+    journal.record(("GetIdentity", grpc.StatusCode.OK, None, 0.0004, "hit", None, wa_id,
+                    None, metadata, time.time()))
+    task = asyncio.ensure_future(journal.run())   # folds every `interval` seconds
+    journal.fold()                                # or now: before a scrape, on shutdown
+
+Counting an RPC, observing its latency and formatting its JSON line cost a few microseconds in a
+loop, but several times that inside the server: there each RPC runs between a dozen switches to
+gRPC's poller thread, and every piece of Python it touches is cold again. Measured on the cache
+hit, this bookkeeping was a third of what the gateway added to a bare ``grpc.aio`` server. So
+the request path only appends a tuple; :meth:`RpcJournal.fold` turns many at once into metrics
+and access-log lines, with the code warm.
+
+An entry is a plain tuple (a named tuple costs a Python call to build), in this order:
+``(method, code, reason, seconds, cache, upstream_status, wa_id, request_id, metadata, at)``.
+``request_id`` may be None when the RPC did not need one (a cache hit logs nothing else): the
+caller's ``x-request-id`` is then looked up in ``metadata`` when the line is written, or a new
+id is made. ``at`` is the wall-clock time the RPC ended, so a line's time is the RPC's, not the
+fold's.
+
+Scrapes fold first (the metrics HTTP server runs in its own thread, hence the lock), so
+``grpc_server_handled_total`` never lags behind what callers have seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+from typing import Any
+
+import grpc
+
+from gateway.errors import Reason
+from gateway.logs import AccessLog, RequestIds
+from gateway.metrics import Metrics
+
+# (method, code, reason, seconds, cache, upstream_status, wa_id, request_id, metadata, at)
+Entry = tuple[
+    str,
+    grpc.StatusCode,
+    Reason | None,
+    float,
+    str | None,
+    int | None,
+    str | None,
+    str | None,
+    Any,
+    float,
+]
+
+REQUEST_ID_HEADER = "x-request-id"
+
+
+class RpcJournal:
+    """Entries of finished RPCs, folded into metrics and the access log in batches."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        access_log: AccessLog | None = None,
+        *,
+        request_ids: RequestIds | None = None,
+        interval: float = 0.2,
+        max_pending: int = 1000,
+    ) -> None:
+        self.metrics = metrics
+        self.access_log = access_log or AccessLog()
+        self.request_ids = request_ids or RequestIds()
+        self._interval = interval
+        self._max_pending = max_pending
+        # deque: append (event loop) and popleft (a scrape's thread) are atomic; no lost entry.
+        self._pending: collections.deque[Entry] = collections.deque()
+        self._folding = threading.Lock()
+        metrics.fold_before_collect(self.fold)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def record(self, entry: Entry) -> None:
+        """Note one finished RPC; folds at once if ``max_pending`` entries are waiting."""
+        self._pending.append(entry)
+        if len(self._pending) >= self._max_pending:
+            self.fold()
+
+    def fold(self) -> None:
+        """Count and log every pending entry now."""
+        with self._folding:
+            pending = self._pending
+            if not pending:
+                return
+            access_log = self.access_log if self.access_log.enabled else None
+            rpc_handled, cache_outcome = self.metrics.rpc_handled, self.metrics.cache_outcome
+            while pending:
+                (method, code, reason, seconds, cache, upstream_status, wa_id, request, metadata,
+                 at) = pending.popleft()  # fmt: skip
+                rpc_handled(method, code, seconds)
+                if cache is not None:
+                    cache_outcome(cache)
+                if access_log is not None:
+                    access_log.rpc(
+                        method,
+                        code.name,
+                        reason.value if reason else None,
+                        seconds,
+                        cache,
+                        upstream_status,
+                        wa_id,
+                        request or self._request_id(metadata),
+                        at,
+                    )
+            if access_log is not None:
+                access_log.flush()
+
+    def _request_id(self, metadata: Any) -> str:
+        for key, value in metadata or ():
+            if key == REQUEST_ID_HEADER and isinstance(value, str):
+                return value
+        return self.request_ids.new()
+
+    async def run(self) -> None:
+        """Fold every ``interval`` seconds until cancelled, then fold what is left."""
+        try:
+            while True:
+                await asyncio.sleep(self._interval)
+                self.fold()
+        finally:
+            self.fold()

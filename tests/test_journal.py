@@ -1,0 +1,163 @@
+"""The RPC journal: entries noted in the request path become metrics and access lines later."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import threading
+
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.errors import Reason
+from gateway.journal import Entry, RpcJournal
+from gateway.logs import AccessLog
+from gateway.metrics import Metrics
+
+OK, NOT_FOUND = grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND
+AT = 1_790_000_000.5
+
+
+def hit(request_id: str | None = None, metadata: object = None) -> Entry:
+    return ("GetIdentity", OK, None, 0.0004, "hit", None, "16315551234", request_id, metadata, AT)
+
+
+def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = metrics.exposition().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def handled(metrics: Metrics, code: str = "OK", method: str = "GetIdentity") -> float:
+    labels = {
+        "grpc_type": "unary",
+        "grpc_service": "whatsapp.identity.v1.IdentityService",
+        "grpc_method": method,
+        "grpc_code": code,
+    }
+    return samples(metrics).get(("grpc_server_handled_total", tuple(sorted(labels.items()))), 0)
+
+
+def cache_count(metrics: Metrics, name: str) -> float:
+    return samples(metrics)[(f"identity_gateway_{name}_total", ())]
+
+
+def journal_with_log(max_pending: int = 1000) -> tuple[RpcJournal, Metrics, io.StringIO]:
+    stream = io.StringIO()
+    access = AccessLog(stream)
+    access.enabled = True
+    metrics = Metrics()
+    return RpcJournal(metrics, access, max_pending=max_pending), metrics, stream
+
+
+def test_entries_are_counted_and_logged_only_when_folded() -> None:
+    journal, _, stream = journal_with_log()
+    journal.record(hit("caller-1"))
+    journal.record(
+        ("GetIdentity", NOT_FOUND, Reason.CONTACT_NOT_FOUND, 0.3, "miss", 404, "16315550000",
+         "caller-2", None, AT)
+    )  # fmt: skip
+    assert stream.getvalue() == ""
+    journal.fold()
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert (first["request_id"], first["cache"], first["time"]) == (
+        "caller-1",
+        "hit",
+        "2026-09-21T14:13:20.500+00:00",  # when the RPC ended, not when it was folded
+    )
+    assert (second["code"], second["reason"], second["upstream_status"], second["wa_id"]) == (
+        "NOT_FOUND",
+        "CONTACT_NOT_FOUND",
+        404,
+        "*******0000",
+    )
+    assert len(journal) == 0
+
+
+def test_a_scrape_counts_what_is_pending() -> None:
+    journal, metrics, _ = journal_with_log()
+    for _ in range(3):
+        journal.record(hit("r"))
+    journal.record(
+        ("GetIdentity", OK, None, 0.2, "joined", None, "16315550000", "r", None, AT)
+    )  # fmt: skip
+    assert handled(metrics) == 4  # the exposition folded first
+    assert cache_count(metrics, "cache_hits") == 3
+    assert cache_count(metrics, "cache_misses") == 1  # a joined read is a miss...
+    assert cache_count(metrics, "singleflight_joins") == 1  # ...that joined a flight
+
+
+def test_without_a_request_id_the_callers_header_or_a_new_one_is_logged() -> None:
+    journal, _, stream = journal_with_log()
+    journal.record(hit(None, (("user-agent", "x"), ("x-request-id", "from-caller"))))
+    journal.record(hit(None, (("user-agent", "x"),)))
+    journal.record(hit(None, (("user-agent", "x"),)))
+    journal.fold()
+    ids = [json.loads(line)["request_id"] for line in stream.getvalue().splitlines()]
+    assert ids[0] == "from-caller"
+    assert ids[1] != ids[2]
+    assert "from-caller" not in ids[1:]
+
+
+def test_the_request_path_folds_when_too_much_is_pending() -> None:
+    journal, _, stream = journal_with_log(max_pending=3)
+    journal.record(hit("r"))
+    journal.record(hit("r"))
+    assert stream.getvalue() == ""
+    journal.record(hit("r"))
+    assert len(stream.getvalue().splitlines()) == 3
+    assert len(journal) == 0
+
+
+def test_with_the_access_log_off_entries_are_still_counted() -> None:
+    metrics = Metrics()
+    access = AccessLog(io.StringIO())
+    access.enabled = False
+    journal = RpcJournal(metrics, access)
+    journal.record(hit("r"))
+    journal.fold()
+    assert handled(metrics) == 1
+    assert access._lines == []
+
+
+def test_no_entry_is_lost_while_another_thread_scrapes() -> None:
+    journal, metrics, stream = journal_with_log(max_pending=10**9)
+    done = threading.Event()
+
+    def scrape() -> None:
+        while not done.is_set():
+            metrics.exposition()
+
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    try:
+        for _ in range(50_000):
+            journal.record(hit("r"))
+    finally:
+        done.set()
+        scraper.join()
+    journal.fold()
+    assert handled(metrics) == 50_000
+    assert len(stream.getvalue().splitlines()) == 50_000
+
+
+async def test_run_folds_periodically_and_on_cancel() -> None:
+    journal, _, stream = journal_with_log()
+    journal._interval = 0.01
+    task = asyncio.ensure_future(journal.run())
+    journal.record(hit("r"))
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if stream.getvalue():
+            break
+    assert len(stream.getvalue().splitlines()) == 1
+    journal.record(hit("r"))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(stream.getvalue().splitlines()) == 2  # the last entries are not lost
