@@ -2,7 +2,7 @@
 
     journal = RpcJournal(metrics, access_log)
     journal.record(("GetIdentity", grpc.StatusCode.OK, None, 0.0004, "hit", None, wa_id,
-                    None, metadata, time.time()))
+                    None, metadata, time.perf_counter()))
     task = asyncio.ensure_future(journal.run())   # folds every `interval` seconds
     journal.fold()                                # or now: before a scrape, on shutdown
 
@@ -10,15 +10,17 @@ Counting an RPC, observing its latency and formatting its JSON line cost a few m
 loop, but several times that inside the server: there each RPC runs between a dozen switches to
 gRPC's poller thread, and every piece of Python it touches is cold again. Measured on the cache
 hit, this bookkeeping was a third of what the gateway added to a bare ``grpc.aio`` server. So
-the request path only appends a tuple; :meth:`RpcJournal.fold` turns many at once into metrics
-and access-log lines, with the code warm.
+the request path only appends a tuple (``record`` is the deque's own ``append``: not even a
+Python call); :meth:`RpcJournal.fold` turns many at once into metrics and access-log lines,
+with the code warm. Nothing else bounds the entries: the fold shares the event loop with the
+RPCs, so at most about ``interval`` seconds' worth of them wait.
 
 An entry is a plain tuple (a named tuple costs a Python call to build), in this order:
-``(method, code, reason, seconds, cache, upstream_status, wa_id, request_id, metadata, at)``.
+``(method, code, reason, seconds, cache, upstream_status, wa_id, request_id, metadata, ended)``.
 ``request_id`` may be None when the RPC did not need one (a cache hit logs nothing else): the
 caller's ``x-request-id`` is then looked up in ``metadata`` when the line is written, or a new
-id is made. ``at`` is the wall-clock time the RPC ended, so a line's time is the RPC's, not the
-fold's.
+id is made. ``ended`` is the ``time.perf_counter()`` reading when the RPC ended; the fold turns
+it into wall-clock time, so a line's time is the RPC's, not the fold's.
 
 Scrapes fold first (the metrics HTTP server runs in its own thread, hence the lock), so
 ``grpc_server_handled_total`` never lags behind what callers have seen.
@@ -29,6 +31,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -37,7 +41,7 @@ from gateway.errors import Reason
 from gateway.logs import AccessLog, RequestIds
 from gateway.metrics import Metrics
 
-# (method, code, reason, seconds, cache, upstream_status, wa_id, request_id, metadata, at)
+# (method, code, reason, seconds, cache, upstream_status, wa_id, request_id, metadata, ended)
 Entry = tuple[
     str,
     grpc.StatusCode,
@@ -64,26 +68,20 @@ class RpcJournal:
         *,
         request_ids: RequestIds | None = None,
         interval: float = 0.2,
-        max_pending: int = 1000,
     ) -> None:
         self.metrics = metrics
         self.access_log = access_log or AccessLog()
         self.request_ids = request_ids or RequestIds()
         self._interval = interval
-        self._max_pending = max_pending
         # deque: append (event loop) and popleft (a scrape's thread) are atomic; no lost entry.
         self._pending: collections.deque[Entry] = collections.deque()
         self._folding = threading.Lock()
+        self.record: Callable[[Entry], None] = self._pending.append
+        """Note one finished RPC (the request path's only cost; see the module's text)."""
         metrics.fold_before_collect(self.fold)
 
     def __len__(self) -> int:
         return len(self._pending)
-
-    def record(self, entry: Entry) -> None:
-        """Note one finished RPC; folds at once if ``max_pending`` entries are waiting."""
-        self._pending.append(entry)
-        if len(self._pending) >= self._max_pending:
-            self.fold()
 
     def fold(self) -> None:
         """Count and log every pending entry now."""
@@ -93,9 +91,10 @@ class RpcJournal:
                 return
             access_log = self.access_log if self.access_log.enabled else None
             rpc_handled, cache_outcome = self.metrics.rpc_handled, self.metrics.cache_outcome
+            wall_offset = time.time() - time.perf_counter()
             while pending:
                 (method, code, reason, seconds, cache, upstream_status, wa_id, request, metadata,
-                 at) = pending.popleft()  # fmt: skip
+                 ended) = pending.popleft()  # fmt: skip
                 rpc_handled(method, code, seconds)
                 if cache is not None:
                     cache_outcome(cache)
@@ -109,7 +108,7 @@ class RpcJournal:
                         upstream_status,
                         wa_id,
                         request or self._request_id(metadata),
-                        at,
+                        ended + wall_offset,
                     )
             if access_log is not None:
                 access_log.flush()

@@ -187,8 +187,10 @@ class Metrics:
 
     # per RPC (counted by gateway.journal in batches): plain integer arithmetic
 
-    def rpc_started(self, method: str) -> None:
-        self._rpc.started[method] += 1
+    @property
+    def started(self) -> dict[str, int]:
+        """RPCs started, by method: the request path adds to it in place."""
+        return self._rpc.started
 
     def rpc_handled(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
         key = (method, code.name)
