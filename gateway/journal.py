@@ -2,7 +2,7 @@
 
     journal = RpcJournal(metrics, access_log)
     journal.record(("GetIdentity", grpc.StatusCode.OK, None, 0.0004, "hit", None, wa_id,
-                    None, metadata, time.perf_counter()))
+                    None, context, time.perf_counter()))
     task = asyncio.ensure_future(journal.run())   # folds every `interval` seconds
     journal.fold()                                # or now: before a scrape, on shutdown
 
@@ -16,11 +16,12 @@ with the code warm. Nothing else bounds the entries: the fold shares the event l
 RPCs, so at most about ``interval`` seconds' worth of them wait.
 
 An entry is a plain tuple (a named tuple costs a Python call to build), in this order:
-``(method, code, reason, seconds, cache, upstream_status, wa_id, request_id, metadata, ended)``.
+``(method, code, reason, seconds, cache, upstream_status, wa_id, request_id, context, ended)``.
 ``request_id`` may be None when the RPC did not need one (a cache hit logs nothing else): the
-caller's ``x-request-id`` is then looked up in ``metadata`` when the line is written, or a new
-id is made. ``ended`` is the ``time.perf_counter()`` reading when the RPC ended; the fold turns
-it into wall-clock time, so a line's time is the RPC's, not the fold's.
+caller's ``x-request-id`` is then read from the RPC's ``context`` when the line is written (gRPC
+keeps an RPC's metadata as long as its context lives), or a new id is made. ``ended`` is the
+``time.perf_counter()`` reading when the RPC ended; the fold turns it into wall-clock time, so
+a line's time is the RPC's, not the fold's.
 
 Scrapes fold first (the metrics HTTP server runs in its own thread, hence the lock), so
 ``grpc_server_handled_total`` never lags behind what callers have seen.
@@ -33,7 +34,6 @@ import collections
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import grpc
 
@@ -41,7 +41,7 @@ from gateway.errors import Reason
 from gateway.logs import AccessLog, RequestIds
 from gateway.metrics import Metrics
 
-# (method, code, reason, seconds, cache, upstream_status, wa_id, request_id, metadata, ended)
+# (method, code, reason, seconds, cache, upstream_status, wa_id, request_id, context, ended)
 Entry = tuple[
     str,
     grpc.StatusCode,
@@ -51,7 +51,7 @@ Entry = tuple[
     int | None,
     str | None,
     str | None,
-    Any,
+    grpc.aio.ServicerContext | None,
     float,
 ]
 
@@ -93,7 +93,7 @@ class RpcJournal:
             rpc_handled, cache_outcome = self.metrics.rpc_handled, self.metrics.cache_outcome
             wall_offset = time.time() - time.perf_counter()
             while pending:
-                (method, code, reason, seconds, cache, upstream_status, wa_id, request, metadata,
+                (method, code, reason, seconds, cache, upstream_status, wa_id, request, context,
                  ended) = pending.popleft()  # fmt: skip
                 rpc_handled(method, code, seconds)
                 if cache is not None:
@@ -107,14 +107,14 @@ class RpcJournal:
                         cache,
                         upstream_status,
                         wa_id,
-                        request or self._request_id(metadata),
+                        request or self._request_id(context),
                         ended + wall_offset,
                     )
             if access_log is not None:
                 access_log.flush()
 
-    def _request_id(self, metadata: Any) -> str:
-        for key, value in metadata or ():
+    def _request_id(self, context: grpc.aio.ServicerContext | None) -> str:
+        for key, value in context.invocation_metadata() if context is not None else ():
             if key == REQUEST_ID_HEADER and isinstance(value, str):
                 return value
         return self.request_ids.new()

@@ -21,10 +21,20 @@ from gateway.metrics import Metrics
 OK, NOT_FOUND = grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND
 
 
-def hit(request_id: str | None = None, metadata: object = None, cache: str = "hit") -> Entry:
+class Context:
+    """What the journal uses of an RPC's grpc.aio context."""
+
+    def __init__(self, *metadata: tuple[str, str]) -> None:
+        self.metadata = metadata
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self.metadata
+
+
+def hit(request_id: str | None = None, context: Context | None = None, cache: str = "hit") -> Entry:
     ended = time.perf_counter()
-    return ("GetIdentity", OK, None, 0.0004, cache, None, "16315551234", request_id, metadata,
-            ended)  # fmt: skip
+    return ("GetIdentity", OK, None, 0.0004, cache, None, "16315551234", request_id,
+            context, ended)  # fmt: skip
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -96,9 +106,9 @@ def test_a_scrape_counts_what_is_pending() -> None:
 
 def test_without_a_request_id_the_callers_header_or_a_new_one_is_logged() -> None:
     journal, _, stream = journal_with_log()
-    journal.record(hit(None, (("user-agent", "x"), ("x-request-id", "from-caller"))))
-    journal.record(hit(None, (("user-agent", "x"),)))
-    journal.record(hit(None, (("user-agent", "x"),)))
+    journal.record(hit(None, Context(("user-agent", "x"), ("x-request-id", "from-caller"))))
+    journal.record(hit(None, Context(("user-agent", "x"))))
+    journal.record(hit(None, None))
     journal.fold()
     ids = [json.loads(line)["request_id"] for line in stream.getvalue().splitlines()]
     assert ids[0] == "from-caller"
