@@ -128,6 +128,32 @@ async def test_a_caching_ttl_of_zero_reads_upstream_every_time(
     assert emulator.state.count("GET", identity_path(wa_id)) == 3
 
 
+async def test_an_expired_identity_is_read_again_not_served_from_the_cache(
+    emulator: RunningEmulator, gateway_factory: GatewayFactory
+) -> None:
+    wa_id = known_contact(emulator)
+    async with gateway_factory(cache_ttl=0.3) as gateway:
+        first = await gateway.get(wa_id)
+        hit = await gateway.get(wa_id)  # the exact cached key: the short path
+        await asyncio.sleep(0.4)
+        expired = await gateway.get(wa_id)
+    assert [o.response.cache_hit for o in (first, hit, expired)] == [False, True, False]
+    assert emulator.state.count("GET", identity_path(wa_id)) == 2
+
+
+async def test_a_hit_keeps_its_identity_from_being_the_next_evicted(
+    emulator: RunningEmulator, gateway_factory: GatewayFactory
+) -> None:
+    a, b, c = (known_contact(emulator) for _ in range(3))
+    async with gateway_factory(cache_max_entries=2) as gateway:
+        await gateway.get(a)
+        await gateway.get(b)
+        assert (await gateway.get(a)).response.cache_hit  # the short path: a is now recent
+        await gateway.get(c)  # evicts the least recently used: b
+        after = [(await gateway.get(wa_id)).response.cache_hit for wa_id in (a, b)]
+    assert after == [True, False]
+
+
 async def test_a_static_token_is_sent_as_a_bearer_token(
     emulator: RunningEmulator, gateway_factory: GatewayFactory
 ) -> None:
