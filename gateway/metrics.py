@@ -6,8 +6,8 @@ The per-RPC series (``grpc_server_*``, cache hits, misses, bypasses, single-flig
 counted in plain integers, in batches, by :class:`gateway.journal.RpcJournal`, and turned into
 Prometheus families by a collector at scrape time, which first has the journal count what it
 holds: a prometheus-client counter takes a lock and several calls per increment, which at
-thousands of cache hits a second costs more than the hit itself. Everything else (upstream requests,
-logins, evictions) uses prometheus-client's own counters and histograms.
+thousands of cache hits a second costs more than the hit itself. Everything else (upstream
+requests, logins, evictions) uses prometheus-client's own counters and histograms.
 
     metrics = Metrics()
     metrics.rpc_handled("GetIdentity", grpc.StatusCode.OK, 0.0012)

@@ -116,8 +116,8 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         needs no validation; the cache is read as ``IdentityCache.get_fresh`` would; the RPC
         is noted for metrics and the access log as one tuple (see gateway.journal), with its
         context: the journal reads the caller's x-request-id from it later (converting the
-        metadata to Python costs more than the rest of the hit). Everything
-        else, including a hit on a wa_id written another way ("+1..."), takes the full path.
+        metadata to Python costs more than the rest of the hit). Everything else, including a
+        hit on a wa_id written another way ("+1..."), takes the full path.
         """
         started = perf_counter()
         request: identity_pb2.GetIdentityRequest | Undecodable
@@ -350,15 +350,15 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             self._in_flight -= 1
             if self._in_flight == 0 and self._idle is not None:
                 self._idle.set()
-            elapsed = perf_counter() - started
+            ended = perf_counter()
             if operation is Operation.ACKNOWLEDGE:
                 outcome = reason.value if reason else code.name
                 wa_id = record.wa_id or str(getattr(request, "wa_id", ""))  # none if Undecodable
                 identity_hash = str(getattr(request, "hash", ""))
                 audit_acknowledge(caller, wa_id, identity_hash, outcome, record.request_id)
             self._journal.record(
-                (method, code, reason, elapsed, record.cache, record.upstream_status,
-                 record.wa_id, record.request_id, None, perf_counter())
+                (method, code, reason, ended - started, record.cache, record.upstream_status,
+                 record.wa_id, record.request_id, None, ended)
             )  # fmt: skip
 
 

@@ -163,3 +163,27 @@ async def test_run_folds_periodically_and_on_cancel() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert len(stream.getvalue().splitlines()) == 2  # the last entries are not lost
+
+
+async def test_a_fold_that_fails_is_logged_and_the_next_entries_are_still_folded(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    journal, _, stream = journal_with_log()
+    journal._interval = 0.01
+    task = asyncio.ensure_future(journal.run())
+    broken = ("GetIdentity", None, None, 0.1, "hit", None, None, "r", None, time.perf_counter())
+    journal.record(broken)  # no status code: counting it fails
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if "could not count or log" in caplog.text:
+            break
+    journal.record(hit("after"))
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if stream.getvalue():
+            break
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert "could not count or log finished RPCs" in caplog.text
+    assert [json.loads(line)["request_id"] for line in stream.getvalue().splitlines()] == ["after"]
