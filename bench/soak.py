@@ -27,8 +27,6 @@ import contextlib
 import json
 import os
 import random
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -42,16 +40,10 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from whatsapp.identity.v1 import identity_pb2, identity_pb2_grpc
 
-GATEWAY = str(Path(sys.executable).parent / "identity-gateway")
+from bench import GATEWAY, free_port, stop  # the processes are started and stopped alike
+
 CONTACTS = 2_000
 BASE = 18_000_000_000
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def rss_mb(pid: int) -> float:
@@ -192,13 +184,8 @@ def servers() -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:
         yield upstream, f"127.0.0.1:{gw_port}", gateway
     finally:
         for process in (gateway, emulator):
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            if process is not None:
+                stop(process)
         if emulator.stdout is not None:
             emulator.stdout.close()
 

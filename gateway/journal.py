@@ -57,8 +57,6 @@ Entry = tuple[
     float,
 ]
 
-REQUEST_ID_HEADER = "x-request-id"
-
 log = logging.getLogger(__name__)
 
 
@@ -111,17 +109,11 @@ class RpcJournal:
                         cache,
                         upstream_status,
                         wa_id,
-                        request or self._request_id(context),
+                        request or self.request_ids.of(context and context.invocation_metadata()),
                         ended + wall_offset,
                     )
             if access_log is not None:
                 access_log.flush()
-
-    def _request_id(self, context: grpc.aio.ServicerContext | None) -> str:
-        for key, value in context.invocation_metadata() if context is not None else ():
-            if key == REQUEST_ID_HEADER and isinstance(value, str):
-                return value
-        return self.request_ids.new()
 
     async def run(self) -> None:
         """Fold every ``interval`` seconds until cancelled, then fold what is left.

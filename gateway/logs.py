@@ -83,6 +83,9 @@ def _quoted(value: str | None) -> str:
     return "null" if value is None else f'"{value}"'
 
 
+REQUEST_ID_HEADER = "x-request-id"
+
+
 class RequestIds:
     """Unique request ids, cheaply: a random per-process prefix and a counter (no syscall)."""
 
@@ -92,6 +95,13 @@ class RequestIds:
 
     def new(self) -> str:
         return f"{self._prefix}-{next(self._counter):x}"
+
+    def of(self, metadata: Any) -> str:
+        """An RPC's request id: the caller's ``x-request-id`` in ``metadata``, or a new one."""
+        for key, value in metadata or ():
+            if key == REQUEST_ID_HEADER and isinstance(value, str):
+                return value
+        return self.new()
 
 
 class AccessLog:

@@ -37,7 +37,7 @@ from gateway.errors import (
     to_status,
 )
 from gateway.journal import RpcJournal
-from gateway.logs import RequestIds, request_id
+from gateway.logs import REQUEST_ID_HEADER, RequestIds, request_id
 from gateway.parse import UpstreamIdentity
 from gateway.upstream import TRACE_HEADERS, WhatsAppClient
 from gateway.validation import normalize_wa_id, validate_acknowledge
@@ -61,10 +61,7 @@ class RpcRecord:
             if key in _TRACE_HEADER_SET and isinstance(value, str):
                 self.trace[key] = value
         # Every upstream request and log line of this RPC carries a request id.
-        request = self.trace.get("x-request-id")
-        if request is None:
-            request = self.trace["x-request-id"] = ids.new()
-        self.request_id = request
+        self.request_id = self.trace[REQUEST_ID_HEADER] = ids.of(metadata)
         self.cache: str | None = None
         self.upstream_status: int | None = None
         self.wa_id: str | None = None

@@ -58,6 +58,7 @@ from gateway.errors import (
     UpstreamTransportError,
     rule_for,
 )
+from gateway.logs import REQUEST_ID_HEADER
 from gateway.parse import (
     LoginToken,
     UpstreamIdentity,
@@ -85,7 +86,7 @@ USER_AGENT = f"whatsapp-identity-gateway/{__version__}"
 
 # Metadata copied from the caller's RPC onto the upstream request (spec 4.1).
 TRACE_HEADERS = (
-    "x-request-id",
+    REQUEST_ID_HEADER,
     "traceparent",
     "tracestate",
     "b3",
