@@ -196,8 +196,11 @@ async def test_upstream_requests_are_paced_to_the_configured_rate(
     assert all(o.ok for o in outcomes)
     times = sorted(r.time for r in emulator.state.requests("GET"))
     assert len(times) == 12
-    # 2 at once from the burst, then one every 0.1 s: the last can come no sooner than 1 s in
-    assert times[-1] - times[0] >= 0.9
+    # 2 at once from the burst, then one every 0.1 s: the last comes 1 s after the first was
+    # sent. The times are when the emulator, in this busy test process, saw each request; the
+    # first can be seen >0.1 s late (it also waited for the login), so 0.2 s is allowed.
+    # Unpaced, all 12 would come within milliseconds.
+    assert times[-1] - times[0] >= 0.8
     for earlier, later in itertools.pairwise(times[2:]):
         assert later - earlier >= 0.07  # spacing, with room for scheduling jitter
 
