@@ -503,10 +503,11 @@ def _describe_transport_error(error: httpx.TransportError | aiohttp.ClientError)
         if isinstance(cause, OSError) and cause.errno:
             # strerror alone: the exception's own text can name the upstream's address.
             return f"connection failed ({os.strerror(cause.errno)})"
-    if isinstance(error, aiohttp.ServerDisconnectedError):
-        return "connection closed or broken answer"
-    if isinstance(error, aiohttp.ClientResponseError):
-        # aiohttp's parser refused the answer (a malformed status line or header).
+    # A ClientResponseError here is aiohttp's parser refusing a malformed status line or header.
+    if any(
+        isinstance(cause, aiohttp.ServerDisconnectedError | aiohttp.ClientResponseError)
+        for cause in causes
+    ):
         return "connection closed or broken answer"
     kinds = {
         httpx.ConnectError: "connection failed",
