@@ -1,9 +1,15 @@
-"""The baseline of spec §5: a bare ``grpc.aio`` server answering a constant GetIdentityResponse.
+"""The baselines of spec §5: a bare ``grpc.aio`` server answering a constant GetIdentityResponse.
 
 Same process model as the gateway (one asyncio process, the same server options), no cache,
 no validation, no metrics, no logging: what gRPC itself costs.
 
+With ``--upstream URL`` each call first reads the demo identity from the WhatsApp API with a
+bare ``httpx.AsyncClient`` over the gateway's transport (the two parts of a cache miss composed,
+with nothing in between), then answers the same constant. The bench compares it with the
+bound ``1 / (1/grpc + 1/httpx)``: what composing the parts costs beyond their sum.
+
     python bench/bare_server.py --port 50061
+    python bench/bare_server.py --port 50062 --upstream http://127.0.0.1:9090
 """
 
 from __future__ import annotations
@@ -13,8 +19,11 @@ import asyncio
 import signal
 
 import grpc
+import httpx
 from google.protobuf import timestamp_pb2
 from whatsapp.identity.v1 import identity_pb2, identity_pb2_grpc
+
+from gateway.upstream import aiohttp_transport
 
 RESPONSE = identity_pb2.GetIdentityResponse(
     identity=identity_pb2.Identity(
@@ -35,9 +44,36 @@ class ConstantIdentityService(identity_pb2_grpc.IdentityServiceServicer):  # typ
         return RESPONSE
 
 
-async def main(port: int) -> None:
+class ComposedIdentityService(identity_pb2_grpc.IdentityServiceServicer):  # type: ignore[misc]
+    """Reads the identity upstream on every call, then answers the constant."""
+
+    def __init__(self, client: httpx.AsyncClient, token: str) -> None:
+        self._client = client
+        self._headers = {"Authorization": f"Bearer {token}"}
+
+    async def GetIdentity(
+        self, request: identity_pb2.GetIdentityRequest, context: grpc.aio.ServicerContext
+    ) -> identity_pb2.GetIdentityResponse:
+        response = await self._client.get(
+            f"/v1/contacts/{request.wa_id}/identity", headers=self._headers
+        )
+        response.json()
+        return RESPONSE
+
+
+async def main(port: int, upstream: str | None) -> None:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    identity_pb2_grpc.add_IdentityServiceServicer_to_server(ConstantIdentityService(), server)
+    client = None
+    if upstream is None:
+        servicer: identity_pb2_grpc.IdentityServiceServicer = ConstantIdentityService()
+    else:
+        # As many connections as the gateway's default --upstream-max-in-flight.
+        client = httpx.AsyncClient(
+            base_url=upstream, transport=aiohttp_transport(max_connections=8, verify=False)
+        )
+        login = await client.post("/v1/users/login", auth=("admin", "secret"))
+        servicer = ComposedIdentityService(client, login.json()["users"][0]["token"])
+    identity_pb2_grpc.add_IdentityServiceServicer_to_server(servicer, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     print("ready", flush=True)
@@ -47,9 +83,13 @@ async def main(port: int) -> None:
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     await server.stop(0)
+    if client is not None:
+        await client.aclose()
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
-    asyncio.run(main(parser.parse_args().port))
+    parser.add_argument("--upstream", help="WhatsApp API URL: read the identity on every call")
+    args = parser.parse_args()
+    asyncio.run(main(args.port, args.upstream))

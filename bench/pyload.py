@@ -6,6 +6,7 @@ Run as a separate process by ``bench/bench.py``; prints one JSON object with its
         --zipf 100000 --zipf-s 1.1
     python bench/pyload.py burst --target 127.0.0.1:50051 --wa-id 19990000001 --count 1000
     python bench/pyload.py httpx --upstream http://127.0.0.1:9090 --duration 5 --concurrency 64
+    python bench/pyload.py httpx --client default --upstream http://127.0.0.1:9090
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from collections.abc import Callable
 import grpc
 import httpx
 from whatsapp.identity.v1 import identity_pb2, identity_pb2_grpc
+
+from gateway.upstream import aiohttp_transport
 
 ZIPF_BASE = 10_000_000_000  # wa_ids are ZIPF_BASE + rank: 11 digits
 
@@ -101,12 +104,20 @@ async def burst(args: argparse.Namespace) -> dict[str, float]:
     return {"requests": args.count, "ok": ok, "errors": args.count - ok, "seconds": elapsed}
 
 
+def bare_client(kind: str, upstream: str, connections: int) -> httpx.AsyncClient:
+    """A bare ``httpx.AsyncClient``: over the gateway's transport, or httpx's own default one."""
+    if kind == "gateway":
+        transport = aiohttp_transport(max_connections=connections, verify=False)
+        return httpx.AsyncClient(base_url=upstream, transport=transport)
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    return httpx.AsyncClient(base_url=upstream, limits=limits)
+
+
 async def httpx_load(args: argparse.Namespace) -> dict[str, float]:
     """The bare httpx.AsyncClient loop against the emulator (the miss path's upstream part)."""
     latencies: list[float] = []
     ok = errors = 0
-    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
-    async with httpx.AsyncClient(base_url=args.upstream, limits=limits) as client:
+    async with bare_client(args.client, args.upstream, args.concurrency) as client:
         login = await client.post("/v1/users/login", auth=("admin", "secret"))
         token = login.json()["users"][0]["token"]
         headers = {"Authorization": f"Bearer {token}"}
@@ -138,6 +149,12 @@ def main() -> None:
     parser.add_argument("--upstream", default="http://127.0.0.1:9090")
     parser.add_argument("--wa-id", default="16315551234")
     parser.add_argument("--bypass", action="store_true")
+    parser.add_argument(
+        "--client",
+        choices=("gateway", "default"),
+        default="gateway",
+        help="httpx mode: the gateway's transport (aiohttp) or httpx's default one (httpcore)",
+    )
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--channels", type=int, default=4)

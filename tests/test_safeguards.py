@@ -8,14 +8,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import grpc
-import httpx
 import pytest
 
 from gateway.config import GatewayConfig
 from gateway.emulator import Fault, RunningEmulator, error_envelope
 from gateway.resilience import BreakerState, CircuitBreaker, RetryPolicy
 from gateway.server import GatewayServer
-from gateway.upstream import Safeguards, WhatsAppClient
+from gateway.upstream import Safeguards, WhatsAppClient, aiohttp_transport
 from tests.conftest import Gateway, GatewayFactory, new_wa_id
 
 pytestmark = pytest.mark.integration
@@ -121,9 +120,9 @@ async def gateway_with_breaker(
         upstream_password="secret",
         upstream_retries=0,
     )
-    http = httpx.AsyncClient(base_url=emulator.url)
     client = WhatsAppClient(
-        http,
+        aiohttp_transport(max_connections=8, verify=False),
+        base_url=emulator.url,
         request_timeout=5,
         username="admin",
         password="secret",

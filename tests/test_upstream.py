@@ -21,6 +21,7 @@ from gateway.errors import (
 from gateway.upstream import MAX_RESPONSE_BYTES, WhatsAppClient
 
 WA_ID = "16315551234"
+BASE_URL = "https://wa.test"
 IDENTITY_BODY = {
     "contacts": {"hash": "UKD6Y/5SqDU=", "created_timestamp": 1600132094000, "acknowledged": True}
 }
@@ -56,11 +57,17 @@ class Upstream:
 def make_client(
     upstream: Upstream, *, token: str | None = None, request_timeout: float = 5.0
 ) -> WhatsAppClient:
-    http = httpx.AsyncClient(transport=httpx.MockTransport(upstream), base_url="https://wa.test")
+    transport = httpx.MockTransport(upstream)
     if token is not None:
-        return WhatsAppClient(http, request_timeout=request_timeout, token=token)
+        return WhatsAppClient(
+            transport, base_url=BASE_URL, request_timeout=request_timeout, token=token
+        )
     return WhatsAppClient(
-        http, request_timeout=request_timeout, username="admin", password="s3cret"
+        transport,
+        base_url=BASE_URL,
+        request_timeout=request_timeout,
+        username="admin",
+        password="s3cret",
     )
 
 
@@ -83,6 +90,21 @@ async def test_get_identity_sends_a_bearer_token_from_login(upstream: Upstream) 
     assert login.headers["authorization"] == "Basic " + base64.b64encode(b"admin:s3cret").decode()
     assert (get.method, get.url.path) == ("GET", f"/v1/contacts/{WA_ID}/identity")
     assert get.headers["authorization"] == "Bearer jwt-1"
+
+
+async def test_requests_carry_the_base_urls_path_user_agent_and_timeouts(
+    upstream: Upstream,
+) -> None:
+    transport = httpx.MockTransport(upstream)
+    async with WhatsAppClient(
+        transport, base_url="https://wa.test/api/", request_timeout=3.5, token="static"
+    ) as client:
+        await client.get_identity(WA_ID, time_remaining=None)
+    [request] = upstream.requests
+    assert str(request.url) == f"https://wa.test/api/v1/contacts/{WA_ID}/identity"
+    assert request.headers["user-agent"].startswith("whatsapp-identity-gateway/")
+    assert request.headers["accept"] == "application/json"
+    assert request.extensions["timeout"] == httpx.Timeout(3.5).as_dict()
 
 
 async def test_trace_headers_are_copied_onto_the_upstream_request(upstream: Upstream) -> None:
@@ -155,9 +177,12 @@ async def test_a_refused_login_is_a_login_failure_with_whatsapps_code(upstream: 
         body = {"errors": [{"code": 1024, "title": "Password change required"}]}
         return httpx.Response(401, json=body)
 
-    http = httpx.AsyncClient(transport=httpx.MockTransport(refuse), base_url="https://wa.test")
     async with WhatsAppClient(
-        http, request_timeout=5, username="admin", password="s3cret"
+        httpx.MockTransport(refuse),
+        base_url=BASE_URL,
+        request_timeout=5,
+        username="admin",
+        password="s3cret",
     ) as client:
         with pytest.raises(LoginFailed) as raised:
             await client.get_identity(WA_ID, time_remaining=None)
