@@ -409,7 +409,9 @@ def implied_by_parts(grpc_part: Result, httpx_part: Result) -> float:
     return 1 / (1 / grpc_part.rps + 1 / httpx_part.rps)
 
 
-def run(settings: Settings, *, scaling: bool) -> tuple[list[Result], dict[str, float]]:
+def run(
+    settings: Settings, *, scaling: bool
+) -> tuple[list[Result], dict[str, float], dict[str, list[float]]]:
     """Every scenario; the §5 ratios are medians of ratios taken within each round.
 
     ``cache_miss_vs_bound`` takes the httpx part over the transport the gateway uses, so that it
@@ -463,7 +465,7 @@ def run(settings: Settings, *, scaling: bool) -> tuple[list[Result], dict[str, f
     results.append(cache_memory(settings.cache_entries))
     figures = {key: sorted(values)[len(values) // 2] for key, values in per_round.items()}
     figures["ratio_rounds"] = float(settings.rounds)
-    return results, figures
+    return results, figures, per_round
 
 
 def worker_scaling(settings: Settings, per_round: dict[str, list[float]]) -> list[Result]:
@@ -538,7 +540,9 @@ def cache_memory(entries: int) -> Result:
 # ---------------------------------------------------------------------------- report
 
 
-def report(results: list[Result], figures: dict[str, float]) -> str:
+def report(
+    results: list[Result], figures: dict[str, float], per_round: dict[str, list[float]]
+) -> str:
     lines = [f"{'scenario':<46} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}  notes",
              "-" * 100]  # fmt: skip
     for r in results:
@@ -570,7 +574,9 @@ def report(results: list[Result], figures: dict[str, float]) -> str:
         "ratio_rounds": "",
     }
     for key, value in figures.items():
-        lines.append(f"{key:<46} {value:>9.3f}  target {targets.get(key, '')}")
+        rounds = per_round.get(key, [])
+        spread = f"  rounds {min(rounds):.3f}-{max(rounds):.3f}" if len(rounds) > 1 else ""
+        lines.append(f"{key:<46} {value:>9.3f}  target {targets.get(key, '')}{spread}")
     return "\n".join(lines)
 
 
@@ -591,8 +597,8 @@ def main() -> int:
             "server it loads (install h2load: apt-get install nghttp2-client)",
             file=sys.stderr,
         )
-    results, figures = run(settings, scaling=not args.smoke)
-    print(report(results, figures))
+    results, figures, per_round = run(settings, scaling=not args.smoke)
+    print(report(results, figures, per_round))
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     path = args.out / f"{'smoke-' if args.smoke else ''}{stamp}.json"
@@ -603,6 +609,7 @@ def main() -> int:
         "settings": dataclasses.asdict(settings),
         "results": [dataclasses.asdict(r) for r in results],
         "ratios": figures,
+        "ratios_per_round": per_round,
     }, indent=2))  # fmt: skip
     print(f"\nwritten to {path}")
     return 0

@@ -27,7 +27,9 @@ def test_the_bench_smoke_run_measures_every_scenario(tmp_path: Path) -> None:
     by_name = {r["scenario"]: r for r in report["results"]}
     for name in (
         "baseline: bare grpc.aio",
-        "baseline: bare httpx loop",
+        "baseline: bare httpx loop, gateway's transport",
+        "baseline: bare httpx loop, httpx's default",
+        "baseline: grpc.aio + httpx composed",
         "GetIdentity cache hit",
         "GetIdentity cache miss (bypass)",
         "AcknowledgeIdentity",
@@ -41,7 +43,13 @@ def test_the_bench_smoke_run_measures_every_scenario(tmp_path: Path) -> None:
     memory = next(r for r in report["results"] if r["scenario"].startswith("memory"))
     assert memory["extra"]["entries"] == 10_000
     assert report["ratios"]["cache_hit_vs_bare"] > 0
-    assert report["ratios"]["cache_miss_vs_bound"] > 0
+    for ratio in (
+        "cache_miss_vs_bound",
+        "cache_miss_vs_bound_httpx_default",
+        "composed_parts_vs_bound",
+    ):
+        assert report["ratios"][ratio] > 0, ratio
+        assert len(report["ratios_per_round"][ratio]) == 1, ratio
     assert "cache_hit_vs_bare" in done.stdout
 
 
