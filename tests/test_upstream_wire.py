@@ -139,7 +139,7 @@ async def test_an_oversized_header_is_a_transport_error(
 
     server = await raw_server(huge_header)
     async with client_for(server) as client:
-        with pytest.raises(UpstreamTransportError):
+        with pytest.raises(UpstreamTransportError, match="broken answer"):
             await client.get_identity(WA_ID, time_remaining=None)
 
 
