@@ -570,4 +570,19 @@ def _tls_verification(config: GatewayConfig) -> ssl.SSLContext | bool:
         return False
     if config.upstream_ca_file is not None:
         return ssl.create_default_context(cafile=str(config.upstream_ca_file))
-    return ssl.create_default_context()
+    return _system_trust()
+
+
+def _system_trust() -> ssl.SSLContext:
+    """The system CAs where OpenSSL was built to find them.
+
+    ``ssl.create_default_context()`` alone would also trust whatever ``SSL_CERT_FILE`` and
+    ``SSL_CERT_DIR`` name: only the configuration decides what the gateway trusts. Without
+    either system location the context trusts nothing, and every handshake fails.
+    """
+    paths = ssl.get_default_verify_paths()
+    cafile = paths.openssl_cafile if os.path.isfile(paths.openssl_cafile) else None
+    capath = paths.openssl_capath if os.path.isdir(paths.openssl_capath) else None
+    if cafile is None and capath is None:
+        return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    return ssl.create_default_context(cafile=cafile, capath=capath)

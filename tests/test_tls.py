@@ -305,6 +305,28 @@ async def test_upstream_certificate_is_verified_against_the_system_cas_by_defaul
 
 
 @pytest.mark.integration
+async def test_upstream_verification_ignores_the_environments_ca_and_proxy_settings(
+    https_emulator: RunningEmulator, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only the configuration says what to trust: a CA slipped in through OpenSSL's environment
+    # variables is not trusted, and no proxy is used.
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca))
+    monkeypatch.setenv("SSL_CERT_DIR", str(pki.ca.parent))
+    for proxy in ("HTTPS_PROXY", "ALL_PROXY"):  # gRPC's own channel reads https_proxy
+        monkeypatch.setenv(proxy, "http://127.0.0.1:9")
+    wa_id = new_wa_id()
+    https_emulator.state.set_identity(wa_id, HASH)
+
+    async with running_gateway(https_emulator) as gateway:
+        refused = await gateway.get(wa_id)
+    async with running_gateway(https_emulator, upstream_ca_file=pki.ca) as gateway:
+        trusted = await gateway.get(wa_id)
+
+    assert "CERTIFICATE_VERIFY_FAILED" in refused.message, refused
+    assert trusted.ok, trusted  # straight to the emulator: the proxy on port 9 would refuse
+
+
+@pytest.mark.integration
 async def test_upstream_ca_file_lets_the_gateway_trust_a_private_ca(
     https_emulator: RunningEmulator, pki: Pki
 ) -> None:
