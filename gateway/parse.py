@@ -14,8 +14,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import email.utils
-import json
 from typing import Any
+
+import orjson
 
 from gateway.errors import UpstreamBadResponse
 
@@ -58,8 +59,8 @@ _MAX_RETRY_AFTER = 24 * 3600.0
 
 def _load_json(body: bytes) -> Any:
     try:
-        return json.loads(body)
-    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:  # also not UTF-8, and nesting deeper than 1,024
         raise UpstreamBadResponse("body is not JSON") from None
 
 
@@ -163,8 +164,8 @@ def parse_expires_after(value: Any) -> dt.datetime:
 def parse_error_body(body: bytes) -> UpstreamErrorBody:
     """The first error of a WhatsApp error envelope; empty for HTML, empty or foreign bodies."""
     try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
         return UpstreamErrorBody()
     errors = document.get("errors") if isinstance(document, dict) else None
     if not isinstance(errors, list) or not errors or not isinstance(errors[0], dict):

@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-import json
 import logging
 import os
 import ssl
@@ -47,6 +46,7 @@ from typing import Protocol
 
 import aiohttp
 import httpx
+import orjson
 from httpx_aiohttp import AiohttpTransport
 
 from gateway import __version__
@@ -291,7 +291,7 @@ class WhatsAppClient:
         trace: Mapping[str, str] | None = None,
     ) -> int:
         """``PUT /v1/contacts/{wa_id}/identity`` with ``{"hash": identity_hash}``; its status."""
-        body = json.dumps({"hash": identity_hash}).encode()
+        body = orjson.dumps({"hash": identity_hash})
         async with caller_deadline(time_remaining):
             answer = await self._call(Operation.ACKNOWLEDGE, identity_path(wa_id), body, trace)
         check_acknowledge_body(answer.body)
