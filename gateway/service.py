@@ -23,7 +23,7 @@ from grpc_status import rpc_status
 from whatsapp.identity.v1 import identity_pb2, identity_pb2_grpc
 
 from gateway.authz import Authorizer, Caller, audit_acknowledge
-from gateway.cache import IdentityStore, MemoryStore, SingleFlight
+from gateway.cache import IdentityStore, MemoryStore, ReadFence, SingleFlight
 from gateway.changes import ChangeBus
 from gateway.deadline import caller_deadline
 from gateway.errors import (
@@ -89,6 +89,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self._authorizer = authorizer
         self._request_ids: RequestIds = journal.request_ids
         self._flights: SingleFlight[bytes] = SingleFlight()
+        self._fence = ReadFence()
         self._in_flight = 0
         self._idle: asyncio.Event | None = None  # created when draining starts
 
@@ -189,25 +190,30 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
 
         With ``compare_with_cache`` (a bypass read, when the cache may hold an identity), a
         hash other than the cached one is announced to watchers. A miss has just found the
-        cache empty, so it does not ask the store again.
+        cache empty, so it does not ask the store again. A read overtaken by an acknowledge or
+        a reported change (:class:`~gateway.cache.ReadFence`) is answered but not cached.
         """
-        try:
-            identity = await self._client.get_identity(
-                wa_id, time_remaining=None, trace=record.trace
-            )
-        except UpstreamStatusError as error:
-            if rule_for(error, Operation.GET).reason is Reason.CONTACT_NOT_FOUND:
-                await self._store.invalidate(wa_id)
-            raise
-        record.upstream_status = 200
-        fetched_at = time.time()
-        response = _response(wa_id, identity, fetched_at)
-        previous = await self._store.get_fresh(wa_id) if compare_with_cache else None
-        response.cache_hit = True
-        await self._store.put(wa_id, response.SerializeToString())
-        response.cache_hit = False
-        if previous is not None and _cached_identity(previous).hash != identity.hash:
-            self._announce(response.identity, identity_pb2.IDENTITY_CHANGE_SOURCE_READ, fetched_at)
+        with self._fence.reading(wa_id) as read:
+            try:
+                identity = await self._client.get_identity(
+                    wa_id, time_remaining=None, trace=record.trace
+                )
+            except UpstreamStatusError as error:
+                if rule_for(error, Operation.GET).reason is Reason.CONTACT_NOT_FOUND:
+                    await self._store.invalidate(wa_id)
+                raise
+            record.upstream_status = 200
+            fetched_at = time.time()
+            response = _response(wa_id, identity, fetched_at)
+            previous = await self._store.get_fresh(wa_id) if compare_with_cache else None
+            if not read.overtaken:
+                response.cache_hit = True
+                await self._store.put(wa_id, response.SerializeToString())
+                response.cache_hit = False
+                if previous is not None and _cached_identity(previous).hash != identity.hash:
+                    self._announce(
+                        response.identity, identity_pb2.IDENTITY_CHANGE_SOURCE_READ, fetched_at
+                    )
         answer: bytes = response.SerializeToString()
         return answer
 
@@ -230,6 +236,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             ):
                 await self._store.invalidate(wa_id)
             raise
+        self._fence.changed(wa_id)
         identity = identity_pb2.Identity(wa_id=wa_id, hash=request.hash, acknowledged=True)
 
         def acknowledge_cached(payload: bytes) -> bytes | None:
@@ -274,6 +281,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         )
         response = _response(wa_id, identity, now)
         response.cache_hit = True
+        self._fence.changed(wa_id)
         await self._store.put(wa_id, response.SerializeToString())
         self._announce(response.identity, source, now)
 

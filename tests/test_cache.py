@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.cache import IdentityCache, SingleFlight
+from gateway.cache import IdentityCache, ReadFence, SingleFlight
 
 
 class FakeClock:
@@ -185,3 +185,27 @@ async def test_a_failure_reaches_every_waiter_and_is_not_kept() -> None:
         return 3
 
     assert await flights.run("k", succeeding) == (3, False)
+
+
+def test_a_change_overtakes_only_the_reads_of_its_key_in_flight() -> None:
+    fence = ReadFence()
+    with fence.reading("a") as first, fence.reading("a") as second, fence.reading("b") as other:
+        fence.changed("a")
+        assert (first.overtaken, second.overtaken, other.overtaken) == (True, True, False)
+    with fence.reading("a") as later:
+        pass
+    assert later.overtaken is False  # the change came before this read began
+
+
+def test_the_fence_forgets_a_read_when_it_ends_even_by_an_error() -> None:
+    fence = ReadFence()
+
+    def failed_read() -> None:
+        with fence.reading("a"):
+            assert len(fence) == 1
+            raise ConnectionError("upstream failed")
+
+    with pytest.raises(ConnectionError, match="upstream failed"):
+        failed_read()
+    assert len(fence) == 0
+    fence.changed("a")  # nothing in flight: nothing to mark

@@ -9,10 +9,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from whatsapp.identity.v1 import identity_pb2
 
 from gateway.emulator import Fault, RunningEmulator, error_envelope
 from gateway.errors import DOMAIN
-from tests.conftest import Gateway, GatewayFactory, new_wa_id
+from tests.conftest import Gateway, GatewayFactory, call, new_wa_id
 
 pytestmark = pytest.mark.integration
 
@@ -107,6 +108,48 @@ async def test_acknowledge_then_read_shows_acknowledged_without_a_new_read(
     assert emulator.state.identity(wa_id).acknowledged is True  # type: ignore[union-attr]
     [put] = emulator.state.requests("PUT", identity_path(wa_id))
     assert put.json() == {"hash": HASH}
+
+
+def answer_as_before_the_acknowledge(wa_id: str, delay: float) -> Fault:
+    """The next GET of ``wa_id`` is slow, and answers as WhatsApp did when it was sent."""
+    before = {"hash": HASH, "created_timestamp": CREATED_MS, "acknowledged": False}
+    return Fault(
+        identity_path(wa_id), method="GET", delay=delay, status=200, json={"contacts": before}
+    )
+
+
+async def test_a_read_overtaken_by_an_acknowledge_does_not_cache_the_old_state(
+    emulator: RunningEmulator, gateway: Gateway
+) -> None:
+    wa_id = known_contact(emulator)
+    emulator.state.add_fault(answer_as_before_the_acknowledge(wa_id, delay=0.5))
+
+    slow_read = asyncio.create_task(gateway.get(wa_id))
+    await asyncio.sleep(0.1)  # the read is at WhatsApp
+    assert (await gateway.ack(wa_id, HASH)).ok
+    overtaken = await slow_read
+    after = await gateway.get(wa_id)
+
+    assert overtaken.response.identity.acknowledged is False  # asked before the acknowledge
+    assert after.response.identity.acknowledged is True
+    assert after.response.cache_hit is False  # read again, not the stale answer from the cache
+    assert (await gateway.get(wa_id)).response.cache_hit is True
+
+
+async def test_a_read_overtaken_by_a_reported_change_does_not_cache_the_old_hash(
+    emulator: RunningEmulator, gateway: Gateway
+) -> None:
+    wa_id = known_contact(emulator)
+    emulator.state.add_fault(answer_as_before_the_acknowledge(wa_id, delay=0.5))
+
+    slow_read = asyncio.create_task(gateway.get(wa_id))
+    await asyncio.sleep(0.1)
+    report = identity_pb2.ReportIdentityChangeRequest(wa_id=wa_id, hash="bmV3SGFzaA==")
+    assert (await call(gateway.stub.ReportIdentityChange, report)).ok
+    await slow_read
+    after = await gateway.get(wa_id)
+
+    assert (after.response.identity.hash, after.response.cache_hit) == ("bmV3SGFzaA==", True)
 
 
 @pytest.mark.parametrize("body", ["null", "{}", "empty", "meta"])
