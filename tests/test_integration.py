@@ -13,7 +13,7 @@ from whatsapp.identity.v1 import identity_pb2
 
 from gateway.emulator import Fault, RunningEmulator, error_envelope
 from gateway.errors import DOMAIN
-from tests.conftest import Gateway, GatewayFactory, call, new_wa_id
+from tests.conftest import Gateway, GatewayFactory, Outcome, call, new_wa_id, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -110,22 +110,27 @@ async def test_acknowledge_then_read_shows_acknowledged_without_a_new_read(
     assert put.json() == {"hash": HASH}
 
 
-def answer_as_before_the_acknowledge(wa_id: str, delay: float) -> Fault:
-    """The next GET of ``wa_id`` is slow, and answers as WhatsApp did when it was sent."""
+async def read_held_at_whatsapp(
+    emulator: RunningEmulator, gateway: Gateway
+) -> tuple[str, asyncio.Task[Outcome]]:
+    """A read of a new contact, held at WhatsApp for 0.5 s; it will answer with the identity as
+    it was when the read arrived (unacknowledged, the original hash), whatever happens meanwhile.
+    """
+    wa_id = known_contact(emulator)
     before = {"hash": HASH, "created_timestamp": CREATED_MS, "acknowledged": False}
-    return Fault(
-        identity_path(wa_id), method="GET", delay=delay, status=200, json={"contacts": before}
+    emulator.state.add_fault(
+        Fault(identity_path(wa_id), method="GET", delay=0.5, status=200, json={"contacts": before})
     )
+    slow_read = asyncio.create_task(gateway.get(wa_id))
+    assert await wait_until(lambda: emulator.state.count("GET", identity_path(wa_id)) == 1)
+    return wa_id, slow_read
 
 
 async def test_a_read_overtaken_by_an_acknowledge_does_not_cache_the_old_state(
     emulator: RunningEmulator, gateway: Gateway
 ) -> None:
-    wa_id = known_contact(emulator)
-    emulator.state.add_fault(answer_as_before_the_acknowledge(wa_id, delay=0.5))
+    wa_id, slow_read = await read_held_at_whatsapp(emulator, gateway)
 
-    slow_read = asyncio.create_task(gateway.get(wa_id))
-    await asyncio.sleep(0.1)  # the read is at WhatsApp
     assert (await gateway.ack(wa_id, HASH)).ok
     overtaken = await slow_read
     after = await gateway.get(wa_id)
@@ -139,11 +144,8 @@ async def test_a_read_overtaken_by_an_acknowledge_does_not_cache_the_old_state(
 async def test_a_read_overtaken_by_a_reported_change_does_not_cache_the_old_hash(
     emulator: RunningEmulator, gateway: Gateway
 ) -> None:
-    wa_id = known_contact(emulator)
-    emulator.state.add_fault(answer_as_before_the_acknowledge(wa_id, delay=0.5))
+    wa_id, slow_read = await read_held_at_whatsapp(emulator, gateway)
 
-    slow_read = asyncio.create_task(gateway.get(wa_id))
-    await asyncio.sleep(0.1)
     report = identity_pb2.ReportIdentityChangeRequest(wa_id=wa_id, hash="bmV3SGFzaA==")
     assert (await call(gateway.stub.ReportIdentityChange, report)).ok
     await slow_read
