@@ -127,7 +127,9 @@ class Metrics:
             registry=r,
         )
         self.cache_entries = Gauge(
-            "identity_gateway_cache_entries", "Identities currently cached.", registry=r
+            "identity_gateway_cache_entries",
+            "Identities currently cached in this process (0 with the Redis store).",
+            registry=r,
         )
         self._upstream_requests = Counter(
             "identity_gateway_upstream_requests",
