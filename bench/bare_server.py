@@ -6,7 +6,9 @@ no validation, no metrics, no logging: what gRPC itself costs.
 With ``--upstream URL`` each call first reads the demo identity from the WhatsApp API with a
 bare ``httpx.AsyncClient`` over the gateway's transport (the two parts of a cache miss composed,
 with nothing in between), then answers the same constant. The bench compares it with the
-bound ``1 / (1/grpc + 1/httpx)``: what composing the parts costs beyond their sum.
+bound ``1 / (1/grpc + 1/httpx)``: what composing the parts costs beyond their sum. Its
+failures are not counted (h2load sees HTTP statuses only, and this server has no metrics): the
+emulator, which it reads, has no faults set in the bench.
 
     python bench/bare_server.py --port 50061
     python bench/bare_server.py --port 50062 --upstream http://127.0.0.1:9090

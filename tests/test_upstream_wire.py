@@ -8,6 +8,7 @@ hand on a loopback port.
 from __future__ import annotations
 
 import asyncio
+import gzip
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -102,6 +103,22 @@ async def test_answers_are_read_over_one_kept_alive_connection(
             identity = await client.get_identity(WA_ID, time_remaining=None)
             assert identity.hash == "UKD6Y/5SqDU="
     assert server.connections == 1
+
+
+async def test_a_gzip_answer_is_decoded(
+    raw_server: Callable[[Reply], Awaitable[RawServer]],
+) -> None:
+    compressed = gzip.compress(IDENTITY)
+
+    async def gzipped(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n"
+        writer.write(head % len(compressed) + compressed)
+        await writer.drain()
+
+    server = await raw_server(gzipped)
+    async with client_for(server) as client:
+        identity = await client.get_identity(WA_ID, time_remaining=None)
+    assert identity.hash == "UKD6Y/5SqDU="
 
 
 async def test_no_more_connections_than_requests_admitted_at_once(
