@@ -113,13 +113,14 @@ async def test_acknowledge_then_read_shows_acknowledged_without_a_new_read(
 async def read_held_at_whatsapp(
     emulator: RunningEmulator, gateway: Gateway
 ) -> tuple[str, asyncio.Task[Outcome]]:
-    """A read of a new contact, held at WhatsApp for 0.5 s; it will answer with the identity as
-    it was when the read arrived (unacknowledged, the original hash), whatever happens meanwhile.
+    """A read of a new contact, held at WhatsApp for 1.5 s (time for a change to land, even on a
+    loaded machine); it will answer with the identity as it was when the read arrived
+    (unacknowledged, the original hash), whatever happens meanwhile.
     """
     wa_id = known_contact(emulator)
     before = {"hash": HASH, "created_timestamp": CREATED_MS, "acknowledged": False}
     emulator.state.add_fault(
-        Fault(identity_path(wa_id), method="GET", delay=0.5, status=200, json={"contacts": before})
+        Fault(identity_path(wa_id), method="GET", delay=1.5, status=200, json={"contacts": before})
     )
     slow_read = asyncio.create_task(gateway.get(wa_id))
     assert await wait_until(lambda: emulator.state.count("GET", identity_path(wa_id)) == 1)
