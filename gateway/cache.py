@@ -155,8 +155,8 @@ class ReadFence:
     A read sent before an acknowledge (or a reported change) landed can bring back the identity
     as it was before: caching that answer would undo the change for up to the TTL. So a read
     that was overtaken answers its callers, who asked before the change, but is not cached.
-    The fence holds only the reads in flight; it sees this process's changes, not another
-    replica's.
+    The fence holds only the reads in flight. It hears of this process's changes at once and of
+    other replicas' changes when they arrive over pub/sub (see ``ChangeBus.on_remote_change``).
     """
 
     def __init__(self) -> None:

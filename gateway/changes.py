@@ -11,7 +11,8 @@ is ended with :class:`WatcherTooSlow`, never allowed to grow memory. A change is
 this process's watchers at once and, when a :class:`Relay` is attached (Redis pub/sub), sent to
 the other replicas, which deliver it to theirs; each process ignores its own changes coming
 back. :meth:`ChangeBus.close` ends every watch with :class:`BusClosed` (the gateway is
-draining).
+draining). ``on_remote_change`` callbacks hear of each change another replica made, before its
+watchers here do (the servicer uses it to stop an overtaken read from being cached).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from whatsapp.identity.v1 import identity_pb2
@@ -61,6 +62,7 @@ class ChangeBus:
         self._relay: Relay | None = None
         self._relay_task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
+        self._remote_listeners: list[Callable[[identity_pb2.IdentityChange], None]] = []
         self.closed = False
 
     @property
@@ -71,6 +73,10 @@ class ChangeBus:
         """Send changes to, and receive them from, the other replicas through ``relay``."""
         self._relay = relay
         self._relay_task = asyncio.ensure_future(self._receive(relay))
+
+    def on_remote_change(self, listener: Callable[[identity_pb2.IdentityChange], None]) -> None:
+        """Call ``listener`` with every change that arrives from another replica."""
+        self._remote_listeners.append(listener)
 
     def announce(self, change: identity_pb2.IdentityChange) -> None:
         """Deliver ``change`` here now, and to the other replicas when a relay is attached."""
@@ -150,4 +156,9 @@ class ChangeBus:
             except Exception:  # a foreign or corrupt message must not stop the relay
                 log.warning("ignored an undecodable identity change from another replica")
                 continue
+            for listener in self._remote_listeners:
+                try:
+                    listener(change)
+                except Exception:  # a failing listener must not stop the relay either
+                    log.exception("a listener failed on an identity change from another replica")
             self._deliver(change)

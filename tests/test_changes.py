@@ -10,6 +10,7 @@ from whatsapp.identity.v1 import identity_pb2
 
 from gateway.changes import CHANNEL, ChangeBus
 from gateway.errors import BusClosed, WatcherTooSlow
+from tests.conftest import wait_until
 
 
 def change(wa_id: str, identity_hash: str = "UKD6Y/5SqDU=") -> identity_pb2.IdentityChange:
@@ -102,6 +103,31 @@ async def test_changes_reach_watchers_of_other_replicas_once() -> None:
     await here.close()
     await there.close()
     assert relay.published == 1
+
+
+async def test_remote_change_listeners_hear_other_replicas_changes_only() -> None:
+    relay = FakeRelay()
+    here, there = ChangeBus(), ChangeBus()
+    heard_here: list[str] = []
+    heard_there: list[str] = []
+    here.on_remote_change(lambda c: heard_here.append(c.identity.wa_id))
+
+    def failing(c: identity_pb2.IdentityChange) -> None:
+        raise RuntimeError("listener bug")
+
+    there.on_remote_change(failing)  # must not stop the relay or the next listener
+    there.on_remote_change(lambda c: heard_there.append(c.identity.wa_id))
+    here.attach(relay)
+    there.attach(relay)
+    await asyncio.sleep(0)  # both subscribed
+    async with there.watch(None) as remote:
+        here.announce(change("1000001"))
+        assert await next_change(remote) == "1000001"
+    there.announce(change("1000002"))
+    assert await wait_until(lambda: heard_here == ["1000002"], timeout=1)
+    assert heard_there == ["1000001"]
+    await here.close()
+    await there.close()
 
 
 async def test_an_undecodable_relayed_message_is_ignored() -> None:

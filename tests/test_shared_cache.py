@@ -17,7 +17,7 @@ import pytest
 import redis
 from whatsapp.identity.v1 import identity_pb2, identity_pb2_grpc
 
-from gateway.emulator import RunningEmulator
+from gateway.emulator import Fault, RunningEmulator
 from tests.conftest import call, new_wa_id, wait_until
 from tests.test_serve_process import ServeProcess, free_port, serve_process
 
@@ -104,6 +104,32 @@ async def test_an_acknowledge_on_one_replica_shows_on_another_without_asking_wha
     assert (after.identity.acknowledged, after.cache_hit) == (True, True)
     assert emulator.state.count("GET") == 1
     assert emulator.state.count("PUT") == 1
+
+
+async def test_a_read_on_one_replica_overtaken_by_an_acknowledge_on_another_is_not_cached(
+    emulator: RunningEmulator, tmp_path: Path, shared_redis: str
+) -> None:
+    wa_id = new_wa_id()
+    emulator.state.set_identity(wa_id, OLD)
+    before = {"hash": OLD, "created_timestamp": 1600132094000, "acknowledged": False}
+    # one's read is held at WhatsApp and answers as it was before the acknowledge
+    path = f"/v1/contacts/{wa_id}/identity"
+    emulator.state.add_fault(
+        Fault(path, method="GET", delay=2.0, status=200, json={"contacts": before})
+    )
+    async with replicas(emulator, tmp_path, shared_redis) as (one, two):
+        held_read = asyncio.create_task(get(one, wa_id))
+        assert await wait_until(lambda: emulator.state.count("GET", path) == 1)
+        async with grpc.aio.insecure_channel(two.address) as channel:
+            stub = identity_pb2_grpc.IdentityServiceStub(channel)
+            request = identity_pb2.AcknowledgeIdentityRequest(wa_id=wa_id, hash=OLD)
+            assert (await call(stub.AcknowledgeIdentity, request)).ok  # acknowledged on two
+        overtaken = await held_read
+        after = await get(two, wa_id)
+
+    assert overtaken.identity.acknowledged is False  # asked before the acknowledge
+    # Not the stale answer from the shared cache: two read WhatsApp again.
+    assert (after.identity.acknowledged, after.cache_hit) == (True, False)
 
 
 async def test_a_webhook_to_one_replica_reaches_a_watcher_on_another(
