@@ -10,8 +10,8 @@
     fence = ReadFence()
     with fence.reading("16315551234") as read:          # a read from WhatsApp in flight
         identity = await fetch()
-    if not read.overtaken:                              # nothing changed it meanwhile
-        cache.put("16315551234", identity)
+        if not read.overtaken:                          # nothing changed it meanwhile
+            cache.put("16315551234", identity)
 
 The cache does not interpret what it stores: the servicer keeps each identity as its ready-made
 cache-hit answer (serialized bytes), so a hit costs a dictionary lookup and nothing else, and

@@ -90,8 +90,9 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self._request_ids: RequestIds = journal.request_ids
         self._flights: SingleFlight[bytes] = SingleFlight()
         self._fence = ReadFence()
-        # A change made on another replica (an acknowledge, a report, a webhook) overtakes this
-        # replica's reads in flight, as one made here does; it is known a pub/sub hop later.
+        # A change announced on another replica (an acknowledge, a report, a webhook, a read
+        # that found a new hash) overtakes this replica's reads in flight, as one made here
+        # does; it is known a pub/sub hop later.
         self.changes.on_remote_change(lambda change: self._fence.changed(change.identity.wa_id))
         self._in_flight = 0
         self._idle: asyncio.Event | None = None  # created when draining starts
