@@ -23,9 +23,8 @@ import signal
 import grpc
 import httpx
 from google.protobuf import timestamp_pb2
+from pyload import bare_client, bearer_headers
 from whatsapp.identity.v1 import identity_pb2, identity_pb2_grpc
-
-from gateway.upstream import aiohttp_transport
 
 RESPONSE = identity_pb2.GetIdentityResponse(
     identity=identity_pb2.Identity(
@@ -49,9 +48,9 @@ class ConstantIdentityService(identity_pb2_grpc.IdentityServiceServicer):  # typ
 class ComposedIdentityService(identity_pb2_grpc.IdentityServiceServicer):  # type: ignore[misc]
     """Reads the identity upstream on every call, then answers the constant."""
 
-    def __init__(self, client: httpx.AsyncClient, token: str) -> None:
+    def __init__(self, client: httpx.AsyncClient, headers: dict[str, str]) -> None:
         self._client = client
-        self._headers = {"Authorization": f"Bearer {token}"}
+        self._headers = headers
 
     async def GetIdentity(
         self, request: identity_pb2.GetIdentityRequest, context: grpc.aio.ServicerContext
@@ -70,11 +69,8 @@ async def main(port: int, upstream: str | None) -> None:
         servicer: identity_pb2_grpc.IdentityServiceServicer = ConstantIdentityService()
     else:
         # As many connections as the gateway's default --upstream-max-in-flight.
-        client = httpx.AsyncClient(
-            base_url=upstream, transport=aiohttp_transport(max_connections=8, verify=False)
-        )
-        login = await client.post("/v1/users/login", auth=("admin", "secret"))
-        servicer = ComposedIdentityService(client, login.json()["users"][0]["token"])
+        client = bare_client("gateway", upstream, 8)
+        servicer = ComposedIdentityService(client, await bearer_headers(client))
     identity_pb2_grpc.add_IdentityServiceServicer_to_server(servicer, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()

@@ -113,14 +113,18 @@ def bare_client(kind: str, upstream: str, connections: int) -> httpx.AsyncClient
     return httpx.AsyncClient(base_url=upstream, limits=limits)
 
 
+async def bearer_headers(client: httpx.AsyncClient) -> dict[str, str]:
+    """Log in to the emulator (admin/secret) and return the Authorization header to send."""
+    login = await client.post("/v1/users/login", auth=("admin", "secret"))
+    return {"Authorization": f"Bearer {login.json()['users'][0]['token']}"}
+
+
 async def httpx_load(args: argparse.Namespace) -> dict[str, float]:
     """The bare httpx.AsyncClient loop against the emulator (the miss path's upstream part)."""
     latencies: list[float] = []
     ok = errors = 0
     async with bare_client(args.client, args.upstream, args.concurrency) as client:
-        login = await client.post("/v1/users/login", auth=("admin", "secret"))
-        token = login.json()["users"][0]["token"]
-        headers = {"Authorization": f"Bearer {token}"}
+        headers = await bearer_headers(client)
         path = f"/v1/contacts/{args.wa_id}/identity"
         deadline = time.perf_counter() + args.duration
 

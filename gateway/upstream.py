@@ -92,7 +92,8 @@ LOGIN_PATH = "/v1/users/login"
 # No identity answer comes near this; a larger body is a broken or hostile upstream.
 MAX_RESPONSE_BYTES = 1 << 20
 USER_AGENT = f"whatsapp-identity-gateway/{__version__}"
-# Sent with every request; Authorization, Content-Type and trace headers are added per request.
+# Sent with every request; trace headers and Content-Type are added per operation, and
+# Authorization per attempt.
 _DEFAULT_HEADERS = {
     "User-Agent": USER_AGENT,
     "Accept": "application/json",
@@ -301,7 +302,9 @@ class WhatsAppClient:
         """``POST /v1/users/login`` with Basic auth; raises :class:`LoginFailed` on refusal."""
         if self._basic_auth is None:
             raise RuntimeError("login needs a username and password")
-        answer = await self._exchange("login", "POST", LOGIN_PATH, authorization=self._basic_auth)
+        answer = await self._exchange(
+            "login", "POST", LOGIN_PATH, _DEFAULT_HEADERS, authorization=self._basic_auth
+        )
         if not 200 <= answer.status < 300:
             raise _status_error(answer, LoginFailed)
         return parse_login(answer.body)
@@ -317,7 +320,7 @@ class WhatsAppClient:
     ) -> _Answer:
         """One operation: retried while it is worth it, within the enclosing deadline."""
         method = "GET" if operation is Operation.GET else "PUT"
-        headers = dict(trace or {})
+        headers = {**_DEFAULT_HEADERS, **(trace or {})}
         if body is not None:
             headers["Content-Type"] = "application/json"
         self._guards.budget.record_request()
@@ -420,15 +423,17 @@ class WhatsAppClient:
         operation: str,
         method: str,
         path: str,
-        headers: Mapping[str, str] | None = None,
+        headers: Mapping[str, str],
         body: bytes | None = None,
         *,
-        authorization: str | None = None,
+        authorization: str,
     ) -> _Answer:
-        """Send one request and read its capped body; the only place transport errors are seen."""
-        request_headers = _DEFAULT_HEADERS | dict(headers or {})
-        if authorization is not None:
-            request_headers["Authorization"] = authorization
+        """Send one request and read its capped body; the only place transport errors are seen.
+
+        ``headers`` are the operation's (the defaults, trace headers, Content-Type); the
+        attempt's ``Authorization`` is added here.
+        """
+        request_headers = {**headers, "Authorization": authorization}
         request = httpx.Request(
             method,
             self._base_url + path,
@@ -519,24 +524,27 @@ def _describe_transport_error(error: httpx.TransportError | aiohttp.ClientError)
         if isinstance(cause, OSError) and cause.errno:
             # strerror alone: the exception's own text can name the upstream's address.
             return f"connection failed ({os.strerror(cause.errno)})"
-    # A ClientResponseError here is aiohttp's parser refusing a malformed status line or header.
-    if any(
-        isinstance(cause, aiohttp.ServerDisconnectedError | aiohttp.ClientResponseError)
-        for cause in causes
-    ):
-        return "connection closed or broken answer"
-    kinds = {
-        httpx.ConnectError: "connection failed",
-        httpx.ReadError: "connection reset while reading",
-        httpx.WriteError: "connection reset while writing",
-        httpx.RemoteProtocolError: "connection closed or broken answer",
-        httpx.UnsupportedProtocol: "unsupported protocol",
-        httpx.ProxyError: "proxy failure",
-    }
-    for kind, text in kinds.items():
-        if isinstance(error, kind):
-            return text
+    for cause in causes:
+        for kind, text in _TRANSPORT_FAILURES:
+            if isinstance(cause, kind):
+                return text
     return "transport failure"
+
+
+# What a failure without an errno or TLS reason was, by the outermost exception that says.
+# httpx_aiohttp wraps aiohttp's exceptions in httpx's, not always in the right one (a dropped
+# connection comes as ConnectTimeout), so aiohttp's own are looked for under them.
+_TRANSPORT_FAILURES: tuple[tuple[type[BaseException], str], ...] = (
+    (httpx.ConnectError, "connection failed"),
+    (httpx.ReadError, "connection reset while reading"),
+    (httpx.WriteError, "connection reset while writing"),
+    (httpx.RemoteProtocolError, "connection closed or broken answer"),
+    (httpx.UnsupportedProtocol, "unsupported protocol"),
+    (httpx.ProxyError, "proxy failure"),
+    (aiohttp.ServerDisconnectedError, "connection closed or broken answer"),
+    # aiohttp's parser refusing a malformed status line or header.
+    (aiohttp.ClientResponseError, "connection closed or broken answer"),
+)
 
 
 def aiohttp_transport(*, max_connections: int, verify: ssl.SSLContext | bool) -> AiohttpTransport:

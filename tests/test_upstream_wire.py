@@ -134,43 +134,36 @@ async def test_no_more_connections_than_requests_admitted_at_once(
     assert server.connections == 3
 
 
-async def test_a_malformed_status_line_is_a_transport_error(
-    raw_server: Callable[[Reply], Awaitable[RawServer]],
+# (raw bytes sent after the request, whether the server then hangs up, what the caller is told)
+BROKEN_ANSWERS = {
+    "malformed-status-line": (b"HTTP/1.1 twohundred OK\r\n\r\n", False, "broken answer"),
+    "oversized-header": (
+        b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
+        False,
+        "broken answer",
+    ),
+    # httpx_aiohttp reports aiohttp's ServerDisconnectedError as httpx.ConnectTimeout; it is a
+    # failed connection, which is retried, not a timeout, which is not.
+    "hang-up-without-an-answer": (b"", True, "connection closed"),
+    "body-cut-short": (OK[: len(OK) - 10], True, "connection reset while reading"),
+}
+
+
+@pytest.mark.parametrize(
+    ("sent", "hang_up", "message"), BROKEN_ANSWERS.values(), ids=BROKEN_ANSWERS.keys()
+)
+async def test_a_broken_answer_is_a_transport_error_not_a_timeout(
+    raw_server: Callable[[Reply], Awaitable[RawServer]], sent: bytes, hang_up: bool, message: str
 ) -> None:
-    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"HTTP/1.1 twohundred OK\r\n\r\n")
+    async def broken(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(sent)
         await writer.drain()
+        if hang_up:
+            writer.close()
 
-    server = await raw_server(garbage)
+    server = await raw_server(broken)
     async with client_for(server) as client:
-        with pytest.raises(UpstreamTransportError, match="broken answer"):
-            await client.get_identity(WA_ID, time_remaining=None)
-
-
-async def test_an_oversized_header_is_a_transport_error(
-    raw_server: Callable[[Reply], Awaitable[RawServer]],
-) -> None:
-    async def huge_header(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n")
-        await writer.drain()
-
-    server = await raw_server(huge_header)
-    async with client_for(server) as client:
-        with pytest.raises(UpstreamTransportError, match="broken answer"):
-            await client.get_identity(WA_ID, time_remaining=None)
-
-
-async def test_a_connection_closed_without_an_answer_is_a_transport_error_not_a_timeout(
-    raw_server: Callable[[Reply], Awaitable[RawServer]],
-) -> None:
-    # httpx_aiohttp reports aiohttp's ServerDisconnectedError as httpx.ConnectTimeout; it is
-    # a failed connection, which is retried, not a timeout, which is not.
-    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.close()
-
-    server = await raw_server(hang_up)
-    async with client_for(server) as client:
-        with pytest.raises(UpstreamTransportError, match="connection closed"):
+        with pytest.raises(UpstreamTransportError, match=message):
             await client.get_identity(WA_ID, time_remaining=None)
 
 
@@ -183,18 +176,4 @@ async def test_an_answer_that_never_comes_is_an_upstream_timeout(
     server = await raw_server(never)
     async with client_for(server, upstream_timeout=0.2) as client:
         with pytest.raises(UpstreamTimeout):
-            await client.get_identity(WA_ID, time_remaining=None)
-
-
-async def test_a_body_cut_short_is_a_transport_error(
-    raw_server: Callable[[Reply], Awaitable[RawServer]],
-) -> None:
-    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(OK[: len(OK) - 10])
-        await writer.drain()
-        writer.close()
-
-    server = await raw_server(cut)
-    async with client_for(server) as client:
-        with pytest.raises(UpstreamTransportError):
             await client.get_identity(WA_ID, time_remaining=None)
