@@ -2,7 +2,7 @@
 #   make run    start the bundled WhatsApp API emulator and the gateway on loopback
 #   make test   install everything, check, and run every test
 #   make proto  regenerate generated/ from protos/
-#   make check  format, lint, type check, proto lint and the generated-code check
+#   make check  format, lint, type check, layer check, proto lint and the generated-code check
 
 PYTHON ?= python3
 VENV := .venv
@@ -17,10 +17,12 @@ EMULATOR_PORT ?= 9090
 
 .PHONY: run test check proto proto-check lint-proto breaking-proto fmt clean bench bench-smoke soak
 
-$(STAMP): pyproject.toml
+# The gateway with its dev extra, and the WhatsApp API emulator (a development tool: its own
+# distribution in emulator/, never part of the gateway's).
+$(STAMP): pyproject.toml emulator/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q --upgrade pip
-	$(BIN)/pip install --disable-pip-version-check -q -e '.[dev]'
+	$(BIN)/pip install --disable-pip-version-check -q -e '.[dev]' -e ./emulator
 	touch $@
 
 $(NODE_TOOLS): tools/package.json tools/package-lock.json
@@ -33,19 +35,20 @@ $(NODE_CLIENT): clients/node/package.json clients/node/package-lock.json
 	touch $@
 
 run: $(STAMP)
-	@$(BIN)/python -m gateway.devserver --gateway-port $(GATEWAY_PORT) --emulator-port $(EMULATOR_PORT)
+	@$(BIN)/python -m whatsapp_emulator.devserver --gateway-port $(GATEWAY_PORT) --emulator-port $(EMULATOR_PORT)
 
 test: check $(NODE_CLIENT)
 	$(BIN)/python -m pytest
 
 check: $(STAMP) $(NODE_TOOLS) proto-check lint-proto breaking-proto
-	$(BIN)/ruff format --check gateway tests bench
-	$(BIN)/ruff check gateway tests bench
+	$(BIN)/ruff format --check gateway tests bench emulator tools
+	$(BIN)/ruff check gateway tests bench emulator tools
 	$(BIN)/mypy
+	$(BIN)/python tools/check_layers.py
 
 fmt: $(STAMP)
-	$(BIN)/ruff format gateway tests bench
-	$(BIN)/ruff check --fix gateway tests bench
+	$(BIN)/ruff format gateway tests bench emulator tools
+	$(BIN)/ruff check --fix gateway tests bench emulator tools
 
 # The §5 figures: h2load (apt-get install nghttp2-client) or ghz if installed, else a Python
 # driver. A few minutes; the table is printed and written to bench/results/.

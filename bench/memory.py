@@ -13,9 +13,9 @@ import json
 import sys
 import time
 
-from gateway.cache import IdentityCache
-from gateway.parse import UpstreamIdentity
-from gateway.service import _response
+from gateway.store.cache import IdentityCache
+from gateway.backends.onprem.parse import UpstreamIdentity
+from gateway.serving.servicer import _response
 
 
 def rss_bytes() -> int:

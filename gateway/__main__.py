@@ -1,5 +1,5 @@
 """``python -m gateway``: the same as the ``identity-gateway`` command."""
 
-from gateway.cli import main
+from gateway.app.cli import main
 
 raise SystemExit(main())

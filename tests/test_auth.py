@@ -8,9 +8,9 @@ import itertools
 
 import pytest
 
-from gateway.auth import LoginSession, StaticToken
-from gateway.errors import LoginFailed
-from gateway.parse import LoginToken
+from gateway.backends.onprem.login import LoginSession, StaticToken
+from gateway.serving.status import LoginFailed
+from gateway.backends.onprem.parse import LoginToken
 
 EPOCH = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
 

@@ -1,4 +1,4 @@
-"""gateway.authz: the policy file, who the caller is, what it may call, and the audit line.
+"""gateway.serving.authz: the policy file, who the caller is, what it may call, and the audit line.
 
 Tokens here are made up and end in ``-SECRET`` so a test can look for them anywhere they must
 never appear (error messages, metadata, statuses).
@@ -18,7 +18,7 @@ import pytest
 from google.rpc import error_details_pb2
 
 from gateway import logs
-from gateway.authz import (
+from gateway.serving.authz import (
     ALL_METHODS,
     METHODS,
     Authorizer,
@@ -34,7 +34,7 @@ from gateway.authz import (
     parse_xfcc,
     token_digest,
 )
-from gateway.errors import DOMAIN, GatewayError, Operation, to_status
+from gateway.serving.status import DOMAIN, GatewayError, Operation, to_status
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_POLICY = ROOT / "deploy" / "authz" / "policy.example.json"

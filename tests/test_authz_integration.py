@@ -11,8 +11,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gateway.emulator import RunningEmulator
-from gateway.policy import parse_policy, token_digest
+from whatsapp_emulator.emulator import RunningEmulator
+from gateway.serving.policy import parse_policy, token_digest
 from tests.conftest import GatewayFactory, new_wa_id
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.cache import IdentityCache, ReadFence, SingleFlight
+from gateway.store.cache import IdentityCache, ReadFence, SingleFlight
 
 
 class FakeClock:

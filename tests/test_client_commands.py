@@ -19,7 +19,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from whatsapp.identity.v1 import identity_pb2
 
-from gateway.client import run_ack, run_get
+from gateway.app.client import run_ack, run_get
 
 SERVICE = identity_pb2.DESCRIPTOR.services_by_name["IdentityService"]
 GET_IDENTITY = SERVICE.methods_by_name["GetIdentity"]

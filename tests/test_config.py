@@ -14,8 +14,8 @@ from typing import Any
 import certifi
 import pytest
 
-from gateway.cli import build_parser, config_from_args
-from gateway.config import ConfigError, GatewayConfig
+from gateway.app.cli import build_parser, config_from_args
+from gateway.app.config import ConfigError, GatewayConfig
 
 URL = "https://graph.wa.example.com"
 TOKEN = "tok-Kq93-SECRET"

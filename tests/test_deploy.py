@@ -2,8 +2,8 @@
 ``deploy/kubernetes/`` and ``deploy/istio/``.
 
 Every manifest is parsed with PyYAML (all documents of every file) and compared with values
-imported from the gateway: the serve settings and their environment names (``gateway.cli``), the
-health service name (``gateway.server``), the proto's methods (``identity_pb2``) and the console
+imported from the gateway: the serve settings and their environment names (``gateway.app.cli``), the
+health service name (``gateway.app.server``), the proto's methods (``identity_pb2``) and the console
 script (``pyproject.toml``). Renaming a flag, the service, a method or a port without updating the
 deployment fails here, not in a cluster.
 """
@@ -25,9 +25,9 @@ import yaml
 from grpc_health.v1 import health_pb2
 from whatsapp.identity.v1 import identity_pb2
 
-from gateway.cli import ENV_PREFIX, SERVE_SETTINGS, build_parser, config_from_args, env_name
-from gateway.config import split_host_port
-from gateway.server import SERVICE_NAME
+from gateway.app.cli import ENV_PREFIX, SERVE_SETTINGS, build_parser, config_from_args, env_name
+from gateway.app.config import split_host_port
+from gateway.app.server import SERVICE_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBERNETES = ROOT / "deploy" / "kubernetes"
@@ -289,7 +289,7 @@ def test_dockerfile_entrypoint_runs_the_console_script_serve() -> None:
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"][
         "scripts"
     ]
-    assert scripts.get(command[0]) == "gateway.cli:main", f"{command[0]} is not the CLI"
+    assert scripts.get(command[0]) == "gateway.app.cli:main", f"{command[0]} is not the CLI"
     assert command == [command[0], "serve"]
     assert build_parser().parse_args(command[1:]).command == "serve"
 

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.emulator import (
+from whatsapp_emulator.emulator import (
     DEMO_CONTACTS,
     Fault,
     RunningEmulator,
@@ -32,7 +32,7 @@ from gateway.emulator import (
     identity_changed_webhook,
     run_emulator,
 )
-from gateway.webhooks import IdentityChangeReport, WebhookServer, parse_webhook
+from gateway.serving.webhooks import IdentityChangeReport, WebhookServer, parse_webhook
 from tests.conftest import wait_until
 from tests.emulator_control import EmulatorControl
 
@@ -829,7 +829,7 @@ async def test_unreachable_webhook_url_is_a_recorded_failure_and_the_change_stil
     url = f"http://127.0.0.1:{unused_port()}/webhook"
     await control.update_settings(webhook_url=url)
 
-    with caplog.at_level(logging.WARNING, logger="gateway.emulator"):
+    with caplog.at_level(logging.WARNING, logger="whatsapp_emulator.emulator"):
         response = await client.put(f"/_emulator/contacts/{KNOWN}", json={"hash": NEW_HASH})
         [delivery] = await deliveries(client, 1)
 

@@ -1,4 +1,4 @@
-"""gateway.errors.to_status against every row of the spec 4.5 error table.
+"""gateway.serving.status.to_status against every row of the spec 4.5 error table.
 
 Each case is named for its row (and, where a row lists several outcomes, for the outcome).
 The WhatsApp code cases use an HTTP status that would map elsewhere on its own, so that
@@ -15,7 +15,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
-from gateway.errors import (
+from gateway.serving.status import (
     DOMAIN,
     DeadlineExceeded,
     FieldViolation,
@@ -29,7 +29,7 @@ from gateway.errors import (
     UpstreamTransportError,
     to_status,
 )
-from gateway.parse import parse_error_body
+from gateway.backends.onprem.parse import parse_error_body
 
 GET = Operation.GET
 ACK = Operation.ACKNOWLEDGE

@@ -7,7 +7,7 @@ import grpc
 import pytest
 from whatsapp.identity.v1 import identity_pb2
 
-from gateway.emulator import Fault, RunningEmulator
+from whatsapp_emulator.emulator import Fault, RunningEmulator
 from tests.conftest import Gateway, GatewayFactory, Outcome, call, new_wa_id
 
 pytestmark = pytest.mark.integration

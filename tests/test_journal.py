@@ -13,10 +13,10 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.errors import Reason
-from gateway.journal import Entry, RpcJournal
-from gateway.logs import AccessLog
-from gateway.metrics import Metrics
+from gateway.serving.status import Reason
+from gateway.serving.journal import Entry, RpcJournal
+from gateway.telemetry.logs import AccessLog
+from gateway.telemetry.metrics import Metrics
 
 OK, NOT_FOUND = grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND
 

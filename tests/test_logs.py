@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from gateway.logs import AccessLog, JsonFormatter, RequestIds, mask_wa_id, request_id
+from gateway.telemetry.logs import AccessLog, JsonFormatter, RequestIds, mask_wa_id, request_id
 
 
 @pytest.mark.parametrize(
@@ -71,7 +71,7 @@ def test_request_ids_are_unique() -> None:
 
 def test_a_log_line_carries_the_rpc_request_id_and_its_fields() -> None:
     record = logging.LogRecord(
-        "gateway.auth", logging.INFO, __file__, 1, "logged %s", ("in",), None
+        "gateway.backends.onprem.login", logging.INFO, __file__, 1, "logged %s", ("in",), None
     )
     record.fields = {"port": 50051, "time": "not the real time"}
     token = request_id.set("req-7")

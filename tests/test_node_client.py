@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from gateway.emulator import RunningEmulator
+from whatsapp_emulator.emulator import RunningEmulator
 from tests.conftest import Gateway, new_wa_id
 
 pytestmark = pytest.mark.integration

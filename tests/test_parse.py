@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from gateway.errors import UpstreamBadResponse
-from gateway.parse import (
+from gateway.serving.status import UpstreamBadResponse
+from gateway.backends.onprem.parse import (
     LoginToken,
     UpstreamErrorBody,
     UpstreamIdentity,

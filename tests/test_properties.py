@@ -17,7 +17,7 @@ from google.rpc import error_details_pb2, status_pb2
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from gateway.errors import (
+from gateway.serving.status import (
     DOMAIN,
     InvalidArgument,
     LoginFailed,
@@ -27,8 +27,8 @@ from gateway.errors import (
     UpstreamStatusError,
     to_status,
 )
-from gateway.parse import check_acknowledge_body, parse_error_body, parse_identity, parse_login
-from gateway.validation import normalize_wa_id, wa_id_violation
+from gateway.backends.onprem.parse import check_acknowledge_body, parse_error_body, parse_identity, parse_login
+from gateway.serving.validation import normalize_wa_id, wa_id_violation
 
 PROPERTY_SETTINGS = settings(
     max_examples=200,

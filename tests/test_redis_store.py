@@ -24,12 +24,12 @@ import pytest
 import redis
 import redis.asyncio
 
-from gateway.redis_store import RedisIdentityStore
+from gateway.store.redis_store import RedisIdentityStore
 from tests.conftest import wait_until
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
 WA_ID = "16315551234"
-LOGGER = "gateway.redis_store"
+LOGGER = "gateway.store.redis_store"
 # Short cool-downs keep the outage tests quick.
 FAST_RETRY = {"retry_after": 0.1, "max_retry_after": 0.5}
 

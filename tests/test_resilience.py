@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.errors import GatewayError
-from gateway.resilience import (
+from gateway.serving.status import GatewayError
+from gateway.backends.safeguards import (
     BreakerState,
     CircuitBreaker,
     ConcurrencyLimiter,

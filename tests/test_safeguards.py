@@ -10,11 +10,11 @@ from contextlib import asynccontextmanager
 import grpc
 import pytest
 
-from gateway.config import GatewayConfig
-from gateway.emulator import Fault, RunningEmulator, error_envelope
-from gateway.resilience import BreakerState, CircuitBreaker, RetryPolicy
-from gateway.server import GatewayServer
-from gateway.upstream import Safeguards, WhatsAppClient, aiohttp_transport
+from gateway.app.config import GatewayConfig
+from whatsapp_emulator.emulator import Fault, RunningEmulator, error_envelope
+from gateway.backends.safeguards import BreakerState, CircuitBreaker, RetryPolicy
+from gateway.app.server import GatewayServer
+from gateway.backends.onprem.client import Safeguards, WhatsAppClient, aiohttp_transport
 from tests.conftest import Gateway, GatewayFactory, new_wa_id
 
 pytestmark = pytest.mark.integration

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from whatsapp.identity.v1 import identity_pb2, identity_pb2_grpc
 
-from gateway.emulator import Fault, RunningEmulator
+from whatsapp_emulator.emulator import Fault, RunningEmulator
 from tests.conftest import Gateway, GatewayFactory, call, new_wa_id, wait_until
 
 pytestmark = pytest.mark.integration
@@ -225,7 +225,7 @@ async def test_logs_are_json_lines_with_request_ids_and_no_secrets(
     assert (first["request_id"], first["upstream_status"]) == ("trace-me-123", 200)
     assert first["wa_id"] == "*" * (len(known) - 4) + known[-4:]
     # the login made for the first RPC is logged under that RPC's request id
-    [first_login] = [r for r in records if r["logger"] == "gateway.auth"][:1]
+    [first_login] = [r for r in records if r["logger"] == "gateway.backends.onprem.login"][:1]
     assert first_login["request_id"] == "trace-me-123"
     assert [r["code"] for r in rpc_lines] == [
         "OK",

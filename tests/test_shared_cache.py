@@ -17,7 +17,7 @@ import pytest
 import redis
 from whatsapp.identity.v1 import identity_pb2, identity_pb2_grpc
 
-from gateway.emulator import Fault, RunningEmulator
+from whatsapp_emulator.emulator import Fault, RunningEmulator
 from tests.conftest import call, new_wa_id, wait_until
 from tests.test_serve_process import ServeProcess, free_port, serve_process
 
@@ -193,7 +193,7 @@ async def test_reads_go_on_while_redis_is_down_and_the_cache_comes_back_by_itsel
         json.loads(line)
         for replica in (one, two)
         for line in replica.log_lines()
-        if '"gateway.redis_store"' in line
+        if '"gateway.store.redis_store"' in line
     ]
     # Reported to operators: the outage by the replica that read through it, and the recovery.
     assert any(r["level"] == "warning" and "unavailable" in r["message"] for r in lines)

@@ -36,10 +36,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.cli import build_parser, config_from_args
-from gateway.config import ConfigError, GatewayConfig
-from gateway.emulator import RunningEmulator
-from gateway.server import GatewayServer
+from gateway.app.cli import build_parser, config_from_args
+from gateway.app.config import ConfigError, GatewayConfig
+from whatsapp_emulator.emulator import RunningEmulator
+from gateway.app.server import GatewayServer
 from tests.conftest import Gateway, call, new_wa_id
 
 HASH = "UKD6Y/5SqDU="

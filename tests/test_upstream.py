@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
-from gateway.errors import (
+from gateway.serving.status import (
     DeadlineExceeded,
     LoginFailed,
     UpstreamBadResponse,
@@ -18,7 +18,7 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamTransportError,
 )
-from gateway.upstream import MAX_RESPONSE_BYTES, WhatsAppClient
+from gateway.backends.onprem.client import MAX_RESPONSE_BYTES, WhatsAppClient
 
 WA_ID = "16315551234"
 BASE_URL = "https://wa.test"

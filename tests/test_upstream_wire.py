@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from gateway.config import GatewayConfig
-from gateway.errors import UpstreamTimeout, UpstreamTransportError
-from gateway.upstream import WhatsAppClient
+from gateway.app.config import GatewayConfig
+from gateway.serving.status import UpstreamTimeout, UpstreamTransportError
+from gateway.backends.onprem.client import WhatsAppClient
 
 WA_ID = "16315551234"
 IDENTITY = (

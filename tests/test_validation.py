@@ -6,8 +6,8 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
-from gateway.errors import InvalidArgument, Operation, Reason, to_status
-from gateway.validation import (
+from gateway.serving.status import InvalidArgument, Operation, Reason, to_status
+from gateway.serving.validation import (
     MAX_HASH_LENGTH,
     hash_violation,
     normalize_wa_id,

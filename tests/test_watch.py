@@ -9,7 +9,7 @@ import grpc
 import pytest
 from whatsapp.identity.v1 import identity_pb2
 
-from gateway.emulator import RunningEmulator
+from whatsapp_emulator.emulator import RunningEmulator
 from tests.conftest import Gateway, GatewayFactory, call, new_wa_id
 
 pytestmark = pytest.mark.integration

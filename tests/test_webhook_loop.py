@@ -8,8 +8,8 @@ import asyncio
 import pytest
 from whatsapp.identity.v1 import identity_pb2
 
-from gateway.emulator import RunningEmulator
-from gateway.server import GatewayServer
+from whatsapp_emulator.emulator import RunningEmulator
+from gateway.app.server import GatewayServer
 from tests.conftest import GatewayFactory, new_wa_id, wait_until
 
 pytestmark = pytest.mark.integration
@@ -47,7 +47,7 @@ async def test_a_change_in_whatsapp_reaches_the_cache_and_a_watcher_through_the_
 
 
 def test_the_webhook_endpoint_needs_a_valid_address() -> None:
-    from gateway.config import ConfigError, GatewayConfig
+    from gateway.app.config import ConfigError, GatewayConfig
 
     with pytest.raises(ConfigError, match="--webhook-listen"):
         GatewayConfig(

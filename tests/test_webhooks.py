@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.webhooks import (
+from gateway.serving.webhooks import (
     MAX_WEBHOOK_BODY_BYTES,
     IdentityChangeReport,
     WebhookError,
@@ -358,7 +358,7 @@ async def test_webhook_without_identity_changes_is_accepted_without_a_callback(
 async def test_malformed_webhook_is_400_and_never_handed_over(
     client: httpx.AsyncClient, recorder: Recorder, name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="gateway.webhooks"):
+    with caplog.at_level(logging.WARNING, logger="gateway.serving.webhooks"):
         response = await client.post("/webhook", content=MALFORMED[name])
 
     assert response.status_code == 400
@@ -412,7 +412,7 @@ async def test_failing_callback_is_500_so_whatsapp_retries(
 ) -> None:
     recorder.fail = True
 
-    with caplog.at_level(logging.ERROR, logger="gateway.webhooks"):
+    with caplog.at_level(logging.ERROR, logger="gateway.serving.webhooks"):
         response = await client.post("/webhook", content=body(system_message()))
 
     assert response.status_code == 500

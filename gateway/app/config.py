@@ -1,0 +1,150 @@
+"""The gateway's configuration: one frozen, validated object built at the edge and passed down.
+
+The command line (:mod:`gateway.app.cli`) is the only place that reads flags, files and the
+environment; it builds a :class:`GatewayConfig`, whose constructor checks every value, so the
+rest of the gateway never sees a bad setting.
+
+    config = GatewayConfig(upstream_url="http://127.0.0.1:9090", upstream_username="admin",
+                           upstream_password="secret")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import math
+import urllib.parse
+from pathlib import Path
+
+from gateway.app import settings
+from gateway.app.settings import ConfigError, split_host_port
+from gateway.serving.policy import Policy
+
+__all__ = ["ConfigError", "GatewayConfig", "split_host_port"]
+_d = settings.default
+
+
+@dataclasses.dataclass(frozen=True)
+class GatewayConfig:
+    """Everything ``identity-gateway serve`` needs, checked when built.
+
+    Defaults and single-value checks come from :data:`gateway.app.settings.SETTINGS`; the
+    checks that relate settings to each other are here.
+
+    Secrets (``upstream_password``, ``upstream_token``) are excluded from ``repr`` so the object
+    can be logged safely.
+    """
+
+    upstream_url: str
+    listen: str = _d("listen")
+    upstream_username: str | None = None
+    upstream_password: str | None = dataclasses.field(default=None, repr=False)
+    upstream_token: str | None = dataclasses.field(default=None, repr=False)
+    upstream_ca_file: Path | None = None
+    upstream_insecure: bool = _d("upstream-insecure")
+    tls_cert: Path | None = None  # the gRPC listener's certificate chain (PEM); None = plaintext
+    tls_key: Path | None = None  # its private key (PEM, unencrypted)
+    tls_client_ca: Path | None = None  # CA bundle that client certificates must chain to (mTLS)
+    upstream_timeout: float = _d("upstream-timeout")
+    cache_ttl: float = _d("cache-ttl")
+    cache_max_entries: int = _d("cache-max-entries")
+    metrics_listen: str | None = None
+    log_level: str = _d("log-level")
+    upstream_rate_limit: float = _d("upstream-rate-limit")
+    upstream_burst: int = _d("upstream-burst")
+    upstream_max_in_flight: int = _d("upstream-max-in-flight")
+    upstream_max_waiting: int = _d("upstream-max-waiting")
+    upstream_retries: int = _d("upstream-retries")
+    cache_backend: str = _d("cache-backend")
+    cache_backend_timeout: float = _d("cache-backend-timeout")
+    webhook_listen: str | None = None  # HOST:PORT of the WhatsApp webhook endpoint; None = off
+    authz_policy: Policy | None = None  # caller authorization; None = every caller allowed
+    shutdown_grace: float = _d("shutdown-grace")
+    reflection: bool = _d("reflection")
+    workers: int = _d("workers")
+    reuse_port: bool = False  # set for each of several workers sharing the port
+
+    def __post_init__(self) -> None:
+        self._check_upstream_url()
+        self._check_credentials()
+        for setting in settings.SETTINGS:
+            if setting.in_config:
+                settings.check(setting, getattr(self, setting.field))
+        self._check_listener_tls()
+
+    def _check_upstream_url(self) -> None:
+        if not self.upstream_url:
+            raise ConfigError("--upstream-url is required (or IDENTITY_GATEWAY_UPSTREAM_URL)")
+        url = urllib.parse.urlsplit(self.upstream_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ConfigError("--upstream-url must be an https:// URL with a host")
+        try:
+            url.port  # noqa: B018 (parsing the port is the check)
+        except ValueError:
+            raise ConfigError("--upstream-url has an invalid port") from None
+        if url.username or url.password or url.query or url.fragment:
+            raise ConfigError("--upstream-url must not carry credentials, a query or a fragment")
+        if url.scheme == "http" and not _is_loopback(url.hostname):
+            raise ConfigError("--upstream-url must use https:// (http:// only for loopback hosts)")
+
+    def _check_credentials(self) -> None:
+        if self.upstream_token is not None and self.upstream_username is not None:
+            raise ConfigError(
+                "give either a static token (--upstream-token-file) or a login "
+                "(--upstream-username), not both"
+            )
+        if self.upstream_token is None and self.upstream_username is None:
+            raise ConfigError(
+                "no upstream credentials: give --upstream-username with "
+                "IDENTITY_GATEWAY_UPSTREAM_PASSWORD, or --upstream-token-file"
+            )
+        if self.upstream_username is not None and not self.upstream_password:
+            raise ConfigError(
+                "--upstream-username needs a password: set IDENTITY_GATEWAY_UPSTREAM_PASSWORD "
+                "or --upstream-password-file"
+            )
+        if self.upstream_token is not None and not _is_header_safe(self.upstream_token):
+            raise ConfigError("the upstream token is empty or holds characters a header cannot")
+        if self.upstream_username is not None and (
+            not self.upstream_username or ":" in self.upstream_username
+        ):
+            raise ConfigError("--upstream-username must be non-empty and hold no ':'")
+
+    def _check_listener_tls(self) -> None:
+        """The listener's certificate, key and client CA come together (their files are read
+        by :func:`gateway.app.startup.prepare`)."""
+        if (self.tls_cert is None) != (self.tls_key is None):
+            missing = "--tls-key" if self.tls_key is None else "--tls-cert"
+            raise ConfigError(f"--tls-cert and --tls-key go together: {missing} is missing")
+        if self.tls_cert is None and self.tls_client_ca is not None:
+            raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
+
+    @property
+    def listener_security(self) -> str:
+        """``plaintext``, ``tls`` or ``mtls``: how the gRPC listener meets its callers."""
+        if self.tls_cert is None:
+            return "plaintext"
+        return "tls" if self.tls_client_ca is None else "mtls"
+
+    @property
+    def login_mode(self) -> bool:
+        """True when the gateway logs in with a username and password."""
+        return self.upstream_username is not None
+
+    @property
+    def upstream_host(self) -> str:
+        """The upstream's host, for messages that must not carry the whole URL."""
+        return urllib.parse.urlsplit(self.upstream_url).hostname or ""
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_header_safe(value: str) -> bool:
+    return bool(value) and value.isascii() and value.isprintable() and value.strip() == value

@@ -1,0 +1,11 @@
+"""The RPC boundary: requests in, statuses out.
+
+- :mod:`gateway.serving.servicer`: ``IdentityService``: validate, authorize, cache or single
+  flight, backend, answer; the one place failures become statuses (via :mod:`~.status`).
+- :mod:`gateway.serving.hit_path`: the cache-hit short path of ``GetIdentity``, installed only
+  when its preconditions hold.
+- :mod:`gateway.serving.status`: the one table from failures to gRPC codes, reasons, details.
+- :mod:`gateway.serving.journal`: each RPC noted as one record, counted and logged in batches.
+- :mod:`gateway.serving.validation`, :mod:`~.authz`, :mod:`~.policy`: requests and callers.
+- :mod:`gateway.serving.webhooks`, :mod:`~.appserver`: the HTTP listener for pushed changes.
+"""
