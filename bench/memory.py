@@ -13,9 +13,9 @@ import json
 import sys
 import time
 
-from gateway.store.cache import IdentityCache
-from gateway.backends.onprem.parse import UpstreamIdentity
+from gateway.backends.base import UpstreamIdentity
 from gateway.serving.servicer import _response
+from gateway.store.cache import IdentityCache
 
 
 def rss_bytes() -> int:

@@ -24,7 +24,7 @@ import grpc
 import httpx
 from whatsapp.identity.v1 import identity_pb2, identity_pb2_grpc
 
-from gateway.backends.onprem.client import aiohttp_transport
+from gateway.backends.http import aiohttp_transport
 
 ZIPF_BASE = 10_000_000_000  # wa_ids are ZIPF_BASE + rank: 11 digits
 

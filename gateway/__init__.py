@@ -1,13 +1,15 @@
-"""whatsapp-identity-gateway: a gRPC gateway over the WhatsApp Business API's identity endpoints.
+"""whatsapp-identity-gateway: a gRPC gateway over WhatsApp users' identity changes.
 
-The data path, top to bottom: :mod:`gateway.serving.servicer` (RPCs in, statuses out) →
-:mod:`gateway.serving.validation` → :mod:`gateway.store.cache` (the store: this process or
-:mod:`gateway.store.redis_store`; single flight) → :mod:`gateway.backends.onprem.client` (the WhatsApp API client,
-with :mod:`gateway.backends.onprem.login` and the safeguards of :mod:`gateway.backends.safeguards`) →
-:mod:`gateway.backends.onprem.parse` → :mod:`gateway.serving.status` (the one status mapping). :mod:`gateway.app.server`
-wires it into a ``grpc.aio`` server with health, reflection, metrics, the webhook endpoint
-(:mod:`gateway.serving.webhooks`) and the change bus (:mod:`gateway.store.changes`); :mod:`gateway.app.cli` is
-the command line.
+The layers, top to bottom (ARCHITECTURE.md draws the data paths through them):
+
+- :mod:`gateway.app`: the command line, the settings, start-up and the server wiring;
+- :mod:`gateway.serving`: the RPC boundary, where requests are checked and failures become
+  statuses;
+- :mod:`gateway.store` (the cache, single flight, the change bus) and :mod:`gateway.backends`
+  (where identities come from: one backend per sender, behind one protocol);
+- :mod:`gateway.telemetry`: logs and metrics;
+- the kernel: :mod:`gateway.failures`, :mod:`gateway.deadline`, :mod:`gateway.identifiers`,
+  :mod:`gateway.contract`.
 """
 
 __version__ = "0.1.0"

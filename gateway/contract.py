@@ -1,7 +1,7 @@
 """Names the proto fixes, read from the generated descriptor so they are spelled once.
 
-    SERVICE_NAME   # "whatsapp.identity.v1.IdentityService"
-    METHODS        # ("GetIdentity", "AcknowledgeIdentity", ...) in the proto's order
+SERVICE_NAME   # "whatsapp.identity.v1.IdentityService"
+METHODS        # ("GetIdentity", "AcknowledgeIdentity", ...) in the proto's order
 """
 
 from __future__ import annotations

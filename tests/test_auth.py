@@ -9,10 +9,21 @@ import itertools
 import pytest
 
 from gateway.backends.onprem.login import LoginSession, StaticToken
-from gateway.serving.status import LoginFailed
 from gateway.backends.onprem.parse import LoginToken
+from gateway.failures import BackendFailure, Failure
 
 EPOCH = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
+
+
+def refused_login(code: int) -> BackendFailure:
+    """What the backend raises when WhatsApp refuses the login with a 401 and ``code``."""
+    return BackendFailure(
+        Failure.AUTH,
+        f"the gateway could not log in to WhatsApp: WhatsApp API answered HTTP 401 with code {code}",
+        http_status=401,
+        upstream_code=code,
+        login=True,
+    )
 
 
 class Clocks:
@@ -35,7 +46,7 @@ class FakeLogin:
         self.clocks = clocks
         self.lifetime = lifetime
         self.calls = 0
-        self.fail_with: LoginFailed | None = None
+        self.fail_with: BackendFailure | None = None
         self.gate: asyncio.Event | None = None
 
     async def __call__(self) -> LoginToken:
@@ -133,12 +144,13 @@ async def test_a_rejected_token_causes_exactly_one_relogin_for_all_callers(clock
 
 async def test_failed_logins_back_off_instead_of_retrying_at_once(clocks: Clocks) -> None:
     login = FakeLogin(clocks)
-    login.fail_with = LoginFailed(401, whatsapp_code=1005)
+    login.fail_with = refused_login(1005)
     session = session_for(login, clocks)
 
     for _ in range(10):
-        with pytest.raises(LoginFailed):
+        with pytest.raises(BackendFailure) as raised:
             await session.token()
+        assert raised.value is login.fail_with  # the login's own failure, raised again
     assert login.calls == 1  # the other nine failed fast during the backoff
 
     clocks.elapsed += 1.0  # the first backoff is at most 1 s
@@ -148,12 +160,12 @@ async def test_failed_logins_back_off_instead_of_retrying_at_once(clocks: Clocks
 
 async def test_backoff_grows_with_consecutive_failures(clocks: Clocks) -> None:
     login = FakeLogin(clocks)
-    login.fail_with = LoginFailed(401, whatsapp_code=1031)
+    login.fail_with = refused_login(1031)
     session = session_for(login, clocks)
     attempts_at: list[float] = []
     while clocks.elapsed < 100:
         calls_before = login.calls
-        with pytest.raises(LoginFailed):
+        with pytest.raises(BackendFailure):
             await session.token()
         if login.calls > calls_before:
             attempts_at.append(clocks.elapsed)

@@ -119,3 +119,29 @@ def test_a_bad_policy_file_stops_start_up_with_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1
     assert "--authz-policy" in done.stderr
+
+
+async def test_a_cached_identity_is_not_served_to_a_caller_the_policy_refuses(
+    emulator: RunningEmulator, gateway_factory: GatewayFactory
+) -> None:
+    """The cache-hit short path answers without reading metadata, so it must not be installed
+    while a policy is: an anonymous or unknown caller asking for a cached identity is refused."""
+    wa_id = new_wa_id()
+    emulator.state.set_identity(wa_id, HASH)
+    async with gateway_factory(authz_policy=parse_policy(json.dumps(POLICY))) as gateway:
+        first = await gateway.get(wa_id, metadata=bearer(READER_TOKEN))
+        cached = await gateway.get(wa_id, metadata=bearer(READER_TOKEN))
+        anonymous = await gateway.get(wa_id)
+        unknown = await gateway.get(wa_id, metadata=bearer("made-up"))
+
+    assert first.ok
+    assert cached.ok
+    assert cached.response.cache_hit
+    assert (anonymous.code, anonymous.reason) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "CALLER_UNAUTHENTICATED",
+    )
+    assert (unknown.code, unknown.reason) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "CALLER_UNAUTHENTICATED",
+    )

@@ -6,7 +6,11 @@ import asyncio
 
 import pytest
 
-from gateway.store.cache import IdentityCache, ReadFence, SingleFlight
+from gateway.deadline import NO_DEADLINE, Deadline
+from gateway.failures import DeadlineExceeded
+from gateway.store.cache import IdentityCache
+from gateway.store.fence import ReadFence
+from gateway.store.single_flight import SingleFlight
 
 
 class FakeClock:
@@ -93,13 +97,13 @@ async def test_concurrent_runs_for_one_key_share_one_call() -> None:
     calls = 0
     release = asyncio.Event()
 
-    async def work() -> int:
+    async def work(deadline: Deadline) -> int:
         nonlocal calls
         calls += 1
         await release.wait()
         return 42
 
-    tasks = [asyncio.create_task(flights.run("k", work)) for _ in range(100)]
+    tasks = [asyncio.create_task(flights.run("k", work, NO_DEADLINE)) for _ in range(100)]
     await asyncio.sleep(0)
     release.set()
     results = await asyncio.gather(*tasks)
@@ -118,7 +122,8 @@ async def test_different_keys_do_not_share() -> None:
         return key
 
     results = await asyncio.gather(
-        flights.run("a", lambda: work_for("a")), flights.run("b", lambda: work_for("b"))
+        flights.run("a", lambda _: work_for("a"), NO_DEADLINE),
+        flights.run("b", lambda _: work_for("b"), NO_DEADLINE),
     )
     assert [value for value, _ in results] == ["a", "b"]
     assert [joined for _, joined in results] == [False, False]
@@ -128,12 +133,12 @@ async def test_a_cancelled_caller_does_not_cancel_the_shared_call() -> None:
     flights: SingleFlight[int] = SingleFlight()
     release = asyncio.Event()
 
-    async def work() -> int:
+    async def work(deadline: Deadline) -> int:
         await release.wait()
         return 7
 
-    leader = asyncio.create_task(flights.run("k", work))
-    follower = asyncio.create_task(flights.run("k", work))
+    leader = asyncio.create_task(flights.run("k", work, NO_DEADLINE))
+    follower = asyncio.create_task(flights.run("k", work, NO_DEADLINE))
     await asyncio.sleep(0)
     leader.cancel()
     await asyncio.sleep(0)
@@ -149,7 +154,7 @@ async def test_the_shared_call_is_abandoned_when_every_caller_has_gone() -> None
     started = asyncio.Event()
     cancelled = asyncio.Event()
 
-    async def work() -> int:
+    async def work(deadline: Deadline) -> int:
         started.set()
         try:
             await asyncio.sleep(3600)
@@ -158,10 +163,89 @@ async def test_the_shared_call_is_abandoned_when_every_caller_has_gone() -> None
             raise
         return 1
 
-    caller = asyncio.create_task(flights.run("k", work))
+    caller = asyncio.create_task(flights.run("k", work, NO_DEADLINE))
     await started.wait()
     caller.cancel()
     await asyncio.wait_for(cancelled.wait(), 1)
+    assert len(flights) == 0
+
+
+async def test_a_caller_arriving_as_the_last_waiter_leaves_starts_a_fresh_flight() -> None:
+    flights: SingleFlight[str] = SingleFlight()
+    never = asyncio.Event()
+
+    async def slow_work(deadline: Deadline) -> str:
+        await never.wait()
+        return "slow"
+
+    async def quick_work(deadline: Deadline) -> str:
+        return "quick"
+
+    a = asyncio.ensure_future(flights.run("k", slow_work, NO_DEADLINE))
+    await asyncio.sleep(0)  # a is now waiting for its flight
+    a.cancel()
+    # In the same step: a has not yet left, but it is leaving, and it was the last waiter.
+    b = asyncio.ensure_future(flights.run("k", quick_work, NO_DEADLINE))
+
+    assert await b == ("quick", False)  # b started afresh, not joining the cancelled flight
+    with pytest.raises(asyncio.CancelledError):
+        await a
+    assert a.cancelled()
+    assert len(flights) == 0
+
+
+async def test_the_work_runs_against_the_latest_deadline_of_its_callers() -> None:
+    flights: SingleFlight[float | None] = SingleFlight()
+    release = asyncio.Event()
+    given: list[Deadline] = []
+
+    async def work(deadline: Deadline) -> float | None:
+        given.append(deadline)
+        await release.wait()
+        return deadline.expires
+
+    early, late = Deadline.after(60), Deadline.after(120)
+    first = asyncio.create_task(flights.run("k", work, early))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(flights.run("k", work, late))
+    await asyncio.sleep(0)
+    release.set()
+
+    assert await first == (late.expires, False)
+    assert await second == (late.expires, True)
+    assert len(given) == 1
+
+    # A caller without a deadline lifts the shared one: the work may take as long as it takes.
+    release.clear()
+    bounded = asyncio.create_task(flights.run("k", work, Deadline.after(60)))
+    await asyncio.sleep(0)
+    unbounded = asyncio.create_task(flights.run("k", work, NO_DEADLINE))
+    await asyncio.sleep(0)
+    release.set()
+    assert await bounded == (None, False)
+    assert await unbounded == (None, True)
+
+
+async def test_a_caller_stops_waiting_at_its_own_deadline_without_cancelling_the_work() -> None:
+    flights: SingleFlight[int] = SingleFlight()
+    release = asyncio.Event()
+    calls = 0
+
+    async def work(deadline: Deadline) -> int:
+        nonlocal calls
+        calls += 1
+        await release.wait()
+        return 5
+
+    patient = asyncio.create_task(flights.run("k", work, NO_DEADLINE))
+    await asyncio.sleep(0)
+    with pytest.raises(DeadlineExceeded):
+        await flights.run("k", work, Deadline.after(0.01))
+    assert len(flights) == 1  # the work goes on for the caller still waiting
+
+    release.set()
+    assert await patient == (5, False)
+    assert calls == 1
     assert len(flights) == 0
 
 
@@ -169,22 +253,22 @@ async def test_a_failure_reaches_every_waiter_and_is_not_kept() -> None:
     flights: SingleFlight[int] = SingleFlight()
     calls = 0
 
-    async def failing() -> int:
+    async def failing(deadline: Deadline) -> int:
         nonlocal calls
         calls += 1
         await asyncio.sleep(0)
         raise ValueError("boom")
 
     results = await asyncio.gather(
-        *(flights.run("k", failing) for _ in range(5)), return_exceptions=True
+        *(flights.run("k", failing, NO_DEADLINE) for _ in range(5)), return_exceptions=True
     )
     assert all(isinstance(r, ValueError) for r in results)
     assert calls == 1
 
-    async def succeeding() -> int:
+    async def succeeding(deadline: Deadline) -> int:
         return 3
 
-    assert await flights.run("k", succeeding) == (3, False)
+    assert await flights.run("k", succeeding, NO_DEADLINE) == (3, False)
 
 
 def test_a_change_overtakes_only_the_reads_of_its_key_in_flight() -> None:

@@ -441,7 +441,7 @@ UPSTREAM_ERROR_ROWS: list[tuple[str, Fault, grpc.StatusCode, str, dict[str, str]
         Fault("/v1/contacts/*", times=None, malformed=True),
         grpc.StatusCode.INTERNAL,
         "UPSTREAM_BAD_RESPONSE",
-        {},
+        {"upstreamStatus": "200"},
         None,
     ),
     (
@@ -449,7 +449,7 @@ UPSTREAM_ERROR_ROWS: list[tuple[str, Fault, grpc.StatusCode, str, dict[str, str]
         Fault("/v1/contacts/*", times=None, body_size=10 * 1024 * 1024),
         grpc.StatusCode.INTERNAL,
         "UPSTREAM_BAD_RESPONSE",
-        {},
+        {"upstreamStatus": "200"},
         None,
     ),
     (

@@ -11,10 +11,11 @@ import time
 
 import grpc
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.serving.journal import JournalEntry, RpcJournal, new_entry
 from gateway.serving.status import Reason
-from gateway.serving.journal import Entry, RpcJournal
 from gateway.telemetry.logs import AccessLog
 from gateway.telemetry.metrics import Metrics
 
@@ -31,14 +32,17 @@ class Context:
         return self.metadata
 
 
-def hit(request_id: str | None = None, context: Context | None = None, cache: str = "hit") -> Entry:
+def hit(
+    request_id: str | None = None, context: Context | None = None, cache: str = "hit"
+) -> JournalEntry:
     ended = time.perf_counter()
-    return ("GetIdentity", OK, None, 0.0004, cache, None, "16315551234", request_id,
-            context, ended)  # fmt: skip
+    # built as the cache-hit path builds it: from a plain tuple of the fields in order
+    return new_entry(("GetIdentity", OK, None, 0.0004, cache, None, "16315551234", request_id,
+                      context, ended))  # fmt: skip
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = metrics.exposition().decode()
+    text = generate_latest(metrics.registry).decode()
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(text)
@@ -73,8 +77,8 @@ def test_entries_are_counted_and_logged_only_when_folded() -> None:
     journal.record(hit("caller-1"))
     a_minute_ago = time.perf_counter() - 60
     journal.record(
-        ("GetIdentity", NOT_FOUND, Reason.CONTACT_NOT_FOUND, 0.3, "miss", 404, "16315550000",
-         "caller-2", None, a_minute_ago)
+        JournalEntry("GetIdentity", NOT_FOUND, Reason.CONTACT_NOT_FOUND, 0.3, "miss", 404,
+                     "16315550000", "caller-2", None, a_minute_ago)
     )  # fmt: skip
     assert stream.getvalue() == ""
     journal.fold()
@@ -133,7 +137,7 @@ def test_no_entry_is_lost_while_another_thread_scrapes() -> None:
 
     def scrape() -> None:
         while not done.is_set():
-            metrics.exposition()
+            generate_latest(metrics.registry)
 
     scraper = threading.Thread(target=scrape)
     scraper.start()
@@ -171,7 +175,9 @@ async def test_a_fold_that_fails_is_logged_and_the_next_entries_are_still_folded
     journal, _, stream = journal_with_log()
     journal._interval = 0.01
     task = asyncio.ensure_future(journal.run())
-    broken = ("GetIdentity", None, None, 0.1, "hit", None, None, "r", None, time.perf_counter())
+    broken = new_entry(
+        ("GetIdentity", None, None, 0.1, "hit", None, None, "r", None, time.perf_counter())
+    )
     journal.record(broken)  # no status code: counting it fails
     for _ in range(100):
         await asyncio.sleep(0.01)

@@ -1,7 +1,9 @@
-"""Unit tests for gateway.parse: every variant whatsapp-api.md tolerates, every malformed answer.
+"""Unit tests for gateway.backends.onprem.parse: every variant whatsapp-api.md tolerates, every
+malformed answer.
 
-Malformed 2xx answers must raise UpstreamBadResponse (spec 4.5: UPSTREAM_BAD_RESPONSE), never
-another exception, which the service would report as a gateway bug.
+Malformed 2xx answers must raise BadAnswer (which the backend reports as a BAD_ANSWER failure,
+spec 4.5: UPSTREAM_BAD_RESPONSE), never another exception, which the service would report as a
+gateway bug.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from gateway.serving.status import UpstreamBadResponse
 from gateway.backends.onprem.parse import (
+    BadAnswer,
     LoginToken,
     UpstreamErrorBody,
     UpstreamIdentity,
@@ -142,7 +144,7 @@ def test_array_of_one_contact_with_string_fields_is_accepted() -> None:
     ],
 )
 def test_malformed_identity_document_is_a_bad_response(body: bytes) -> None:
-    with pytest.raises(UpstreamBadResponse):
+    with pytest.raises(BadAnswer):
         parse_identity(body)
 
 
@@ -159,14 +161,14 @@ def test_malformed_identity_document_is_a_bad_response(body: bytes) -> None:
     ],
 )
 def test_missing_empty_or_non_string_hash_is_a_bad_response(hash_value: Any) -> None:
-    with pytest.raises(UpstreamBadResponse):
+    with pytest.raises(BadAnswer):
         parse_identity(_contact_body(hash=hash_value))
 
 
 def test_hash_with_lone_surrogate_is_a_bad_response() -> None:
     # Valid JSON escape, but not Unicode: it cannot be put in a proto string (UnicodeEncodeError).
     body = b'{"contacts": {"hash": "\\ud800", "created_timestamp": 1, "acknowledged": true}}'
-    with pytest.raises(UpstreamBadResponse):
+    with pytest.raises(BadAnswer):
         parse_identity(body)
 
 
@@ -191,13 +193,13 @@ def test_hash_with_lone_surrogate_is_a_bad_response() -> None:
     ],
 )
 def test_unusable_timestamp_is_a_bad_response(timestamp: Any) -> None:
-    with pytest.raises(UpstreamBadResponse):
+    with pytest.raises(BadAnswer):
         parse_identity(_contact_body(created_timestamp=timestamp))
 
 
 def test_numeric_string_timestamp_too_long_for_int_is_a_bad_response() -> None:
     # int() refuses strings of more than 4300 digits with ValueError; it must not escape.
-    with pytest.raises(UpstreamBadResponse):
+    with pytest.raises(BadAnswer):
         parse_identity(_contact_body(created_timestamp="9" * 5000))
 
 
@@ -217,12 +219,12 @@ def test_numeric_string_timestamp_too_long_for_int_is_a_bad_response() -> None:
 def test_acknowledged_other_than_boolean_or_its_string_is_a_bad_response(
     acknowledged: Any,
 ) -> None:
-    with pytest.raises(UpstreamBadResponse):
+    with pytest.raises(BadAnswer):
         parse_identity(_contact_body(acknowledged=acknowledged))
 
 
 def test_deeply_nested_identity_body_is_a_bad_response() -> None:
-    with pytest.raises(UpstreamBadResponse):
+    with pytest.raises(BadAnswer):
         parse_identity(DEEPLY_NESTED)
 
 
@@ -265,7 +267,7 @@ def test_tolerated_acknowledge_body_is_accepted(body: bytes) -> None:
     ],
 )
 def test_malformed_acknowledge_body_is_a_bad_response(body: bytes) -> None:
-    with pytest.raises(UpstreamBadResponse):
+    with pytest.raises(BadAnswer):
         check_acknowledge_body(body)
 
 
@@ -350,7 +352,7 @@ def test_login_uses_the_first_user_of_the_array() -> None:
     ],
 )
 def test_malformed_login_answer_is_a_bad_response(body: bytes) -> None:
-    with pytest.raises(UpstreamBadResponse):
+    with pytest.raises(BadAnswer):
         parse_login(body)
 
 
@@ -363,7 +365,7 @@ def test_malformed_login_answer_is_a_bad_response(body: bytes) -> None:
 )
 def test_expires_after_outside_the_calendar_in_utc_is_a_bad_response(expires_after: str) -> None:
     # Converting these to UTC overflows the datetime range (OverflowError must not escape).
-    with pytest.raises(UpstreamBadResponse):
+    with pytest.raises(BadAnswer):
         parse_expires_after(expires_after)
 
 

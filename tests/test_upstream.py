@@ -1,4 +1,4 @@
-"""The WhatsApp API client over httpx.MockTransport: requests sent, answers read, failures typed."""
+"""The On-Premises backend over httpx.MockTransport: requests sent, answers read, failures typed."""
 
 from __future__ import annotations
 
@@ -10,15 +10,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
-from gateway.serving.status import (
-    DeadlineExceeded,
-    LoginFailed,
-    UpstreamBadResponse,
-    UpstreamStatusError,
-    UpstreamTimeout,
-    UpstreamTransportError,
-)
-from gateway.backends.onprem.client import MAX_RESPONSE_BYTES, WhatsAppClient
+from gateway.backends.http import MAX_RESPONSE_BYTES, HttpUpstream
+from gateway.backends.onprem.client import OnPremBackend
+from gateway.deadline import NO_DEADLINE, Deadline
+from gateway.failures import BackendFailure, DeadlineExceeded, Failure
 
 WA_ID = "16315551234"
 BASE_URL = "https://wa.test"
@@ -54,21 +49,15 @@ class Upstream:
         return [r for r in self.requests if r.url.path.startswith("/v1/contacts/")]
 
 
-def make_client(
+def make_backend(
     upstream: Upstream, *, token: str | None = None, request_timeout: float = 5.0
-) -> WhatsAppClient:
-    transport = httpx.MockTransport(upstream)
-    if token is not None:
-        return WhatsAppClient(
-            transport, base_url=BASE_URL, request_timeout=request_timeout, token=token
-        )
-    return WhatsAppClient(
-        transport,
-        base_url=BASE_URL,
-        request_timeout=request_timeout,
-        username="admin",
-        password="s3cret",
+) -> OnPremBackend:
+    http = HttpUpstream(
+        httpx.MockTransport(upstream), base_url=BASE_URL, request_timeout=request_timeout
     )
+    if token is not None:
+        return OnPremBackend(http, token=token)
+    return OnPremBackend(http, username="admin", password="s3cret")
 
 
 @pytest.fixture
@@ -77,8 +66,8 @@ def upstream() -> Upstream:
 
 
 async def test_get_identity_sends_a_bearer_token_from_login(upstream: Upstream) -> None:
-    async with make_client(upstream) as client:
-        identity = await client.get_identity(WA_ID, time_remaining=None)
+    async with make_backend(upstream) as backend:
+        identity = await backend.get_identity(WA_ID, deadline=NO_DEADLINE)
 
     assert (identity.hash, identity.create_time_ms, identity.acknowledged) == (
         "UKD6Y/5SqDU=",
@@ -95,11 +84,11 @@ async def test_get_identity_sends_a_bearer_token_from_login(upstream: Upstream) 
 async def test_requests_carry_the_base_urls_path_user_agent_and_timeouts(
     upstream: Upstream,
 ) -> None:
-    transport = httpx.MockTransport(upstream)
-    async with WhatsAppClient(
-        transport, base_url="https://wa.test/api/", request_timeout=3.5, token="static"
-    ) as client:
-        await client.get_identity(WA_ID, time_remaining=None)
+    http = HttpUpstream(
+        httpx.MockTransport(upstream), base_url="https://wa.test/api/", request_timeout=3.5
+    )
+    async with OnPremBackend(http, token="static") as backend:
+        await backend.get_identity(WA_ID, deadline=NO_DEADLINE)
     [request] = upstream.requests
     assert str(request.url) == f"https://wa.test/api/v1/contacts/{WA_ID}/identity"
     assert request.headers["user-agent"].startswith("whatsapp-identity-gateway/")
@@ -109,8 +98,8 @@ async def test_requests_carry_the_base_urls_path_user_agent_and_timeouts(
 
 async def test_trace_headers_are_copied_onto_the_upstream_request(upstream: Upstream) -> None:
     trace = {"x-request-id": "req-1", "traceparent": "00-abc-def-01", "x-b3-sampled": "1"}
-    async with make_client(upstream, token="static") as client:
-        await client.get_identity(WA_ID, time_remaining=None, trace=trace)
+    async with make_backend(upstream, token="static") as backend:
+        await backend.get_identity(WA_ID, deadline=NO_DEADLINE, trace=trace)
     [request] = upstream.identity_requests()
     for name, value in trace.items():
         assert request.headers[name] == value
@@ -121,8 +110,8 @@ async def test_acknowledge_puts_the_hash_as_json(upstream: Upstream) -> None:
         return httpx.Response(200, content=b"null")
 
     upstream.answer = accept
-    async with make_client(upstream, token="static") as client:
-        status = await client.acknowledge(WA_ID, "UKD6Y/5SqDU=", time_remaining=None)
+    async with make_backend(upstream, token="static") as backend:
+        status = await backend.acknowledge(WA_ID, "UKD6Y/5SqDU=", deadline=NO_DEADLINE)
     [put] = upstream.identity_requests()
     assert status == 200
     assert put.method == "PUT"
@@ -138,8 +127,8 @@ async def test_a_401_logs_in_again_once_and_retries(upstream: Upstream) -> None:
         return httpx.Response(200, json=IDENTITY_BODY)
 
     upstream.answer = expire_first_token
-    async with make_client(upstream) as client:
-        await client.get_identity(WA_ID, time_remaining=None)
+    async with make_backend(upstream) as backend:
+        await backend.get_identity(WA_ID, deadline=NO_DEADLINE)
     assert upstream.logins == 2
     assert [r.headers["authorization"] for r in upstream.identity_requests()] == [
         "Bearer jwt-1",
@@ -152,10 +141,10 @@ async def test_a_second_401_after_the_relogin_is_an_auth_failure(upstream: Upstr
         return httpx.Response(401)
 
     upstream.answer = always_401
-    async with make_client(upstream) as client:
-        with pytest.raises(UpstreamStatusError) as raised:
-            await client.get_identity(WA_ID, time_remaining=None)
-    assert raised.value.status == 401
+    async with make_backend(upstream) as backend:
+        with pytest.raises(BackendFailure) as raised:
+            await backend.get_identity(WA_ID, deadline=NO_DEADLINE)
+    assert (raised.value.kind, raised.value.http_status) == (Failure.AUTH, 401)
     assert upstream.logins == 2
     assert len(upstream.identity_requests()) == 2
 
@@ -165,9 +154,10 @@ async def test_a_static_token_is_not_retried_after_a_401(upstream: Upstream) -> 
         return httpx.Response(401)
 
     upstream.answer = always_401
-    async with make_client(upstream, token="static") as client:
-        with pytest.raises(UpstreamStatusError):
-            await client.get_identity(WA_ID, time_remaining=None)
+    async with make_backend(upstream, token="static") as backend:
+        with pytest.raises(BackendFailure) as raised:
+            await backend.get_identity(WA_ID, deadline=NO_DEADLINE)
+    assert (raised.value.kind, raised.value.http_status) == (Failure.AUTH, 401)
     assert upstream.logins == 0
     assert len(upstream.identity_requests()) == 1
 
@@ -177,16 +167,17 @@ async def test_a_refused_login_is_a_login_failure_with_whatsapps_code(upstream: 
         body = {"errors": [{"code": 1024, "title": "Password change required"}]}
         return httpx.Response(401, json=body)
 
-    async with WhatsAppClient(
-        httpx.MockTransport(refuse),
-        base_url=BASE_URL,
-        request_timeout=5,
-        username="admin",
-        password="s3cret",
-    ) as client:
-        with pytest.raises(LoginFailed) as raised:
-            await client.get_identity(WA_ID, time_remaining=None)
-    assert (raised.value.status, raised.value.whatsapp_code) == (401, 1024)
+    http = HttpUpstream(httpx.MockTransport(refuse), base_url=BASE_URL, request_timeout=5)
+    async with OnPremBackend(http, username="admin", password="s3cret") as backend:
+        with pytest.raises(BackendFailure) as raised:
+            await backend.get_identity(WA_ID, deadline=NO_DEADLINE)
+    error = raised.value
+    assert (error.kind, error.login) == (Failure.AUTH, True)
+    assert (error.http_status, error.upstream_code) == (401, 1024)
+    assert str(error) == (
+        "the gateway could not log in to WhatsApp: "
+        "WhatsApp API answered HTTP 401 with code 1024: Password change required"
+    )
 
 
 async def test_error_answers_carry_status_code_title_and_retry_after(upstream: Upstream) -> None:
@@ -195,16 +186,17 @@ async def test_error_answers_carry_status_code_title_and_retry_after(upstream: U
         return httpx.Response(429, json=body, headers={"Retry-After": "7"})
 
     upstream.answer = rate_limited
-    async with make_client(upstream, token="static") as client:
-        with pytest.raises(UpstreamStatusError) as raised:
-            await client.get_identity(WA_ID, time_remaining=None)
+    async with make_backend(upstream, token="static") as backend:
+        with pytest.raises(BackendFailure) as raised:
+            await backend.get_identity(WA_ID, deadline=NO_DEADLINE)
     error = raised.value
-    assert (error.status, error.whatsapp_code, error.title, error.retry_after) == (
+    assert (error.kind, error.http_status, error.upstream_code, error.retry_after) == (
+        Failure.RATE_LIMITED,
         429,
         1015,
-        "Too many requests",
         7.0,
     )
+    assert str(error) == "WhatsApp API answered HTTP 429 with code 1015: Too many requests"
 
 
 async def test_an_oversized_answer_is_refused_without_reading_it_all(upstream: Upstream) -> None:
@@ -220,9 +212,10 @@ async def test_an_oversized_answer_is_refused_without_reading_it_all(upstream: U
         return httpx.Response(200, content=endless())  # streamed, no Content-Length
 
     upstream.answer = huge
-    async with make_client(upstream, token="static") as client:
-        with pytest.raises(UpstreamBadResponse):
-            await client.get_identity(WA_ID, time_remaining=None)
+    async with make_backend(upstream, token="static") as backend:
+        with pytest.raises(BackendFailure, match="larger than") as raised:
+            await backend.get_identity(WA_ID, deadline=NO_DEADLINE)
+    assert raised.value.kind is Failure.BAD_ANSWER
     assert chunks_sent <= MAX_RESPONSE_BYTES // 65536 + 2
 
 
@@ -231,9 +224,10 @@ async def test_a_declared_oversized_answer_is_refused(upstream: Upstream) -> Non
         return httpx.Response(200, headers={"Content-Length": str(10 * MAX_RESPONSE_BYTES)})
 
     upstream.answer = declared
-    async with make_client(upstream, token="static") as client:
-        with pytest.raises(UpstreamBadResponse):
-            await client.get_identity(WA_ID, time_remaining=None)
+    async with make_backend(upstream, token="static") as backend:
+        with pytest.raises(BackendFailure, match="larger than") as raised:
+            await backend.get_identity(WA_ID, deadline=NO_DEADLINE)
+    assert raised.value.kind is Failure.BAD_ANSWER
 
 
 async def test_a_connection_failure_is_a_transport_error_without_the_url(
@@ -243,9 +237,10 @@ async def test_a_connection_failure_is_a_transport_error_without_the_url(
         raise httpx.ConnectError("[Errno 111] Connection refused to https://wa.test/secret-path")
 
     upstream.answer = refuse
-    async with make_client(upstream, token="static") as client:
-        with pytest.raises(UpstreamTransportError) as raised:
-            await client.get_identity(WA_ID, time_remaining=None)
+    async with make_backend(upstream, token="static") as backend:
+        with pytest.raises(BackendFailure) as raised:
+            await backend.get_identity(WA_ID, deadline=NO_DEADLINE)
+    assert raised.value.kind is Failure.UNREACHABLE
     assert "wa.test" not in str(raised.value)
     assert "secret" not in str(raised.value)
 
@@ -256,9 +251,10 @@ async def test_a_slow_upstream_is_an_upstream_timeout(upstream: Upstream) -> Non
         return httpx.Response(200, json=IDENTITY_BODY)
 
     upstream.answer = slow
-    async with make_client(upstream, token="static", request_timeout=0.05) as client:
-        with pytest.raises(UpstreamTimeout):
-            await client.get_identity(WA_ID, time_remaining=None)
+    async with make_backend(upstream, token="static", request_timeout=0.05) as backend:
+        with pytest.raises(BackendFailure) as raised:
+            await backend.get_identity(WA_ID, deadline=NO_DEADLINE)
+    assert raised.value.kind is Failure.TIMEOUT
 
 
 async def test_a_caller_deadline_shorter_than_the_cap_is_a_deadline_error(
@@ -269,9 +265,11 @@ async def test_a_caller_deadline_shorter_than_the_cap_is_a_deadline_error(
         return httpx.Response(200, json=IDENTITY_BODY)
 
     upstream.answer = slow
-    async with make_client(upstream, token="static", request_timeout=5) as client:
+    async with make_backend(upstream, token="static", request_timeout=5) as backend:
+        deadline = Deadline.after(0.05)
         with pytest.raises(DeadlineExceeded):
-            await client.get_identity(WA_ID, time_remaining=0.05)
+            async with deadline.bound():
+                await backend.get_identity(WA_ID, deadline=deadline)
 
 
 async def test_a_non_200_success_on_get_is_a_bad_response(upstream: Upstream) -> None:
@@ -279,6 +277,7 @@ async def test_a_non_200_success_on_get_is_a_bad_response(upstream: Upstream) ->
         return httpx.Response(204)
 
     upstream.answer = no_content
-    async with make_client(upstream, token="static") as client:
-        with pytest.raises(UpstreamBadResponse):
-            await client.get_identity(WA_ID, time_remaining=None)
+    async with make_backend(upstream, token="static") as backend:
+        with pytest.raises(BackendFailure, match="unexpected success status 204") as raised:
+            await backend.get_identity(WA_ID, deadline=NO_DEADLINE)
+    assert (raised.value.kind, raised.value.http_status) == (Failure.BAD_ANSWER, 204)

@@ -1,4 +1,4 @@
-"""The configured upstream client (aiohttp's pool under httpx) against raw sockets.
+"""The configured upstream backend (aiohttp's pool under httpx) against raw sockets.
 
 What each broken answer becomes, and how connections are pooled: the emulator cannot send a
 malformed status line or hold a request without answering, so these servers are written by
@@ -14,8 +14,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from gateway.app.config import GatewayConfig
-from gateway.serving.status import UpstreamTimeout, UpstreamTransportError
-from gateway.backends.onprem.client import WhatsAppClient
+from gateway.app.startup import onprem_backend, prepare
+from gateway.backends.base import Unobserved
+from gateway.backends.onprem.client import OnPremBackend
+from gateway.deadline import NO_DEADLINE
+from gateway.failures import BackendFailure, Failure
 
 WA_ID = "16315551234"
 IDENTITY = (
@@ -77,7 +80,7 @@ async def raw_server() -> AsyncIterator[Callable[[Reply], Awaitable[RawServer]]]
         await server.wait_closed()
 
 
-def client_for(server: RawServer, **overrides: object) -> WhatsAppClient:
+def backend_for(server: RawServer, **overrides: object) -> OnPremBackend:
     settings: dict[str, object] = {
         "upstream_url": server.url,
         "upstream_token": "static-token",
@@ -86,7 +89,8 @@ def client_for(server: RawServer, **overrides: object) -> WhatsAppClient:
         "upstream_timeout": 2.0,
     }
     settings.update(overrides)
-    return WhatsAppClient.from_config(GatewayConfig(**settings))  # type: ignore[arg-type]
+    config = GatewayConfig(**settings)  # type: ignore[arg-type]
+    return onprem_backend(config, prepare(config), Unobserved())
 
 
 async def answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -98,9 +102,9 @@ async def test_answers_are_read_over_one_kept_alive_connection(
     raw_server: Callable[[Reply], Awaitable[RawServer]],
 ) -> None:
     server = await raw_server(answer_ok)
-    async with client_for(server) as client:
+    async with backend_for(server) as backend:
         for _ in range(5):
-            identity = await client.get_identity(WA_ID, time_remaining=None)
+            identity = await backend.get_identity(WA_ID, deadline=NO_DEADLINE)
             assert identity.hash == "UKD6Y/5SqDU="
     assert server.connections == 1
 
@@ -116,8 +120,8 @@ async def test_a_gzip_answer_is_decoded(
         await writer.drain()
 
     server = await raw_server(gzipped)
-    async with client_for(server) as client:
-        identity = await client.get_identity(WA_ID, time_remaining=None)
+    async with backend_for(server) as backend:
+        identity = await backend.get_identity(WA_ID, deadline=NO_DEADLINE)
     assert identity.hash == "UKD6Y/5SqDU="
 
 
@@ -129,8 +133,8 @@ async def test_no_more_connections_than_requests_admitted_at_once(
         await answer_ok(reader, writer)
 
     server = await raw_server(slow_ok)
-    async with client_for(server, upstream_max_in_flight=3) as client:
-        await asyncio.gather(*(client.get_identity(WA_ID, time_remaining=None) for _ in range(12)))
+    async with backend_for(server, upstream_max_in_flight=3) as backend:
+        await asyncio.gather(*(backend.get_identity(WA_ID, deadline=NO_DEADLINE) for _ in range(12)))
     assert server.connections == 3
 
 
@@ -162,9 +166,10 @@ async def test_a_broken_answer_is_a_transport_error_not_a_timeout(
             writer.close()
 
     server = await raw_server(broken)
-    async with client_for(server) as client:
-        with pytest.raises(UpstreamTransportError, match=message):
-            await client.get_identity(WA_ID, time_remaining=None)
+    async with backend_for(server) as backend:
+        with pytest.raises(BackendFailure, match=message) as raised:
+            await backend.get_identity(WA_ID, deadline=NO_DEADLINE)
+    assert raised.value.kind is Failure.UNREACHABLE
 
 
 async def test_an_answer_that_never_comes_is_an_upstream_timeout(
@@ -174,6 +179,7 @@ async def test_an_answer_that_never_comes_is_an_upstream_timeout(
         await asyncio.sleep(30)
 
     server = await raw_server(never)
-    async with client_for(server, upstream_timeout=0.2) as client:
-        with pytest.raises(UpstreamTimeout):
-            await client.get_identity(WA_ID, time_remaining=None)
+    async with backend_for(server, upstream_timeout=0.2) as backend:
+        with pytest.raises(BackendFailure) as raised:
+            await backend.get_identity(WA_ID, deadline=NO_DEADLINE)
+    assert raised.value.kind is Failure.TIMEOUT

@@ -13,9 +13,14 @@ import asyncio
 import sys
 
 from gateway.app.config import GatewayConfig
-from whatsapp_emulator.emulator import DEFAULT_PASSWORD, DEFAULT_USERNAME, DEMO_CONTACTS, RunningEmulator
-from gateway.telemetry.logs import configure_logging
 from gateway.app.server import serve
+from gateway.telemetry.logs import configure_logging
+from whatsapp_emulator.emulator import (
+    DEFAULT_PASSWORD,
+    DEFAULT_USERNAME,
+    DEMO_CONTACTS,
+    RunningEmulator,
+)
 
 
 def _banner(gateway: str, emulator_url: str) -> str:

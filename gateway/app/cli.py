@@ -22,12 +22,13 @@ from typing import Any, NoReturn
 from gateway import __version__
 from gateway.app import settings
 from gateway.app.config import ConfigError, GatewayConfig, split_host_port
-from gateway.app.settings import ENV_PREFIX, env_name
+from gateway.app.settings import env_name
 from gateway.app.startup import prepare, read_policy, read_secret
 from gateway.telemetry.logs import configure_logging
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 EXIT_CONFIG = 2
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors, and no abbreviated flags: an abbreviation would let

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import math
 import urllib.parse
 from pathlib import Path
 

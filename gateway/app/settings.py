@@ -124,9 +124,7 @@ SETTINGS: tuple[Setting, ...] = (
         "URL",
         "required",
     ),
-    Setting(
-        "upstream-username", str, None, "login user (selects login mode)", "NAME", "none"
-    ),
+    Setting("upstream-username", str, None, "login user (selects login mode)", "NAME", "none"),
     Setting(
         "upstream-password-file",
         Path,
@@ -160,7 +158,12 @@ SETTINGS: tuple[Setting, ...] = (
         "skip TLS verification; logged as a warning at start",
     ),
     Setting(
-        "upstream-timeout", float, 5.0, "cap on one upstream HTTP request", "SECONDS", "`5`",
+        "upstream-timeout",
+        float,
+        5.0,
+        "cap on one upstream HTTP request",
+        "SECONDS",
+        "`5`",
         check=_SECONDS,
     ),
     Setting(
@@ -225,9 +228,7 @@ SETTINGS: tuple[Setting, ...] = (
         "`20`",
         check=_range(0.0, math.inf, "must be zero (off) or requests per second"),
     ),
-    Setting(
-        "upstream-burst", int, 60, "burst allowed by the token bucket", "N", check=_AT_LEAST_1
-    ),
+    Setting("upstream-burst", int, 60, "burst allowed by the token bucket", "N", check=_AT_LEAST_1),
     Setting(
         "upstream-max-in-flight",
         int,
@@ -267,8 +268,7 @@ SETTINGS: tuple[Setting, ...] = (
         "cache-backend",
         str,
         "memory",
-        "where cached identities live: this process, or Redis shared by every replica and "
-        "worker",
+        "where cached identities live: this process, or Redis shared by every replica and worker",
         "memory\\|redis://host:port/db",
         check=_cache_backend,
     ),
@@ -367,9 +367,7 @@ def _value(setting: Setting, args: argparse.Namespace, environ: Mapping[str, str
     try:
         return setting.kind(raw)
     except ValueError:
-        raise ConfigError(
-            f"{setting.env}={raw!r} is not a valid {setting.kind.__name__}"
-        ) from None
+        raise ConfigError(f"{setting.env}={raw!r} is not a valid {setting.kind.__name__}") from None
 
 
 def check(setting: Setting, value: Any) -> None:

@@ -22,6 +22,7 @@ from gateway.backends.http import HttpUpstream, aiohttp_transport, tls_verificat
 from gateway.backends.onprem.client import OnPremBackend
 from gateway.backends.safeguards import BreakerState, Safeguards
 from gateway.serving.policy import Policy, PolicyError, load_policy
+
 log = logging.getLogger(__name__)
 
 

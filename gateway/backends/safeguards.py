@@ -533,8 +533,8 @@ class ConcurrencyLimiter:
     async def slot(self, timeout: float | None = None) -> AsyncIterator[None]:
         """Hold one slot for the enclosed block, waiting at most ``timeout`` seconds for it.
 
-        ``timeout`` None waits as long as needed; 0 never waits. Raises ``BackendFailure(OVERLOADED)``
-        when ``max_waiting`` callers already wait, or when the wait times out.
+        ``timeout`` None waits as long as needed; 0 never waits. Raises an ``OVERLOADED``
+        failure when ``max_waiting`` callers already wait, or when the wait times out.
         """
         await self._acquire(timeout)
         try:

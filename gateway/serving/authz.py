@@ -67,7 +67,8 @@ from gateway.serving.policy import (
     parse_policy,
     token_digest,
 )
-from gateway.telemetry.logs import mask_wa_id, request_id
+from gateway.telemetry.logs import mask_wa_id
+from gateway.telemetry.logs import request_id as current_request_id
 
 audit_log = logging.getLogger("gateway.audit")
 
@@ -284,17 +285,16 @@ def audit_acknowledge(
     }
     # JsonFormatter takes request_id from the RPC's context; set it for this line when the
     # caller passes another (or logs outside an RPC), rather than adding a second, renamed key.
-    context = request_id
     token = None
-    if request_id is not None and request_id != context.get():
-        token = context.set(request_id)
+    if request_id is not None and request_id != current_request_id.get():
+        token = current_request_id.set(request_id)
     try:
         audit_log.info(
             "AcknowledgeIdentity by %s: %s", fields["caller"], outcome, extra={"fields": fields}
         )
     finally:
         if token is not None:
-            context.reset(token)
+            current_request_id.reset(token)
 
 
 __all__ = [

@@ -46,9 +46,7 @@ _decode = decoder(identity_pb2.GetIdentityRequest)
 class CacheHitPath:
     """Answers ``GetIdentity`` from this process's cache, handing everything else on."""
 
-    def __init__(
-        self, store: MemoryStore, journal: RpcJournal, full_path: FullPath
-    ) -> None:
+    def __init__(self, store: MemoryStore, journal: RpcJournal, full_path: FullPath) -> None:
         self._entries = store.cache.entries
         self._clock = store.cache.clock
         self._started = journal.metrics.started
@@ -79,11 +77,7 @@ class CacheHitPath:
                 self._entries.move_to_end(wa_id)
                 self._started[_GET] += 1
                 ended = perf_counter()
-                self._record(
-                    new_entry(
-                        (_GET, _OK, None, ended - started, "hit", None, wa_id, None, context,
-                         ended)
-                    )  # fmt: skip
-                )
+                noted = (_GET, _OK, None, ended - started, "hit", None, wa_id, None, context, ended)
+                self._record(new_entry(noted))
                 return entry[1]
         return await self._full_path(request, context, started)

@@ -10,17 +10,17 @@ Counting an RPC, observing its latency and formatting its JSON line cost a few m
 loop, but several times that inside the server: there each RPC runs between about 18 context
 switches (gRPC's threads and the event loop), and every piece of Python it touches is cold
 again. Measured on the cache hit, this bookkeeping was about half of what the gateway added to
-a bare ``grpc.aio`` server. So
-the request path only appends a tuple (``record`` is the deque's own ``append``: not even a
-Python call); :meth:`RpcJournal.fold` turns many at once into metrics and access-log lines,
-with the code warm. Nothing else bounds the entries: the fold shares the event loop with the
-RPCs, so at most about ``interval`` seconds' worth of them wait.
+a bare ``grpc.aio`` server. So the request path only appends a tuple (``record`` is the deque's
+own ``append``: not even a Python call); :meth:`RpcJournal.fold` turns many at once into metrics
+and access-log lines, with the code warm. Nothing else bounds the entries: the fold shares the
+event loop with the RPCs, so at most about ``interval`` seconds' worth of them wait.
 
 An entry is a :class:`JournalEntry`, a named tuple. The cache-hit path builds it with
 :data:`new_entry`, which is ``tuple.__new__`` bound to the class: no Python frame, unlike the
-named tuple's own constructor. ``request_id`` may be None when the RPC did not need one (a cache hit logs nothing else): the
-caller's ``x-request-id`` is then read from the RPC's ``context`` when the line is written (gRPC
-keeps an RPC's metadata as long as its context lives), or a new id is made. ``ended`` is the
+named tuple's own constructor. ``request_id`` may be None when the RPC did not need one (a
+cache hit logs nothing else): the caller's ``x-request-id`` is then read from the RPC's
+``context`` when the line is written (gRPC keeps an RPC's metadata as long as its context
+lives), or a new id is made. ``ended`` is the
 ``time.perf_counter()`` reading when the RPC ended; the fold turns it into wall-clock time, so
 a line's time is the RPC's, not the fold's.
 

@@ -1,7 +1,8 @@
 """The caller-authorization policy file: parsed and validated, with no gRPC involved.
 
-Kept apart from :mod:`gateway.serving.authz` (which checks RPCs) so the command line can refuse a bad
-policy before anything starts, even in the parent of ``--workers``, which must not load gRPC.
+Kept apart from :mod:`gateway.serving.authz` (which checks RPCs) so the command line can refuse
+a bad policy before anything starts, even in the parent of ``--workers``, which must not load
+gRPC.
 
     policy = load_policy(Path("/etc/identity-gateway/authz.json"))   # PolicyError if invalid
 
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import contract
+
 # The short names a policy may grant, read from the generated descriptor so they cannot drift.
 METHODS: frozenset[str] = frozenset(contract.METHODS)
 ALL_METHODS = "*"

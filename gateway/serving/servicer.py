@@ -291,9 +291,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         record: RpcRecord,
     ) -> None:
         if len(request.wa_ids) > MAX_WATCH_FILTER:
-            raise InvalidArgument(
-                [FieldViolation("wa_ids", f"at most {MAX_WATCH_FILTER} entries")]
-            )
+            raise InvalidArgument([FieldViolation("wa_ids", f"at most {MAX_WATCH_FILTER} entries")])
         wa_ids = frozenset(normalize_wa_id(w, "wa_ids") for w in request.wa_ids) or None
         async with self.changes.watch(wa_ids) as changes:
             async for change in changes:

@@ -153,7 +153,10 @@ def rule_for(error: BaseException) -> Rule:
     if isinstance(error, InvalidArgument):
         field = error.violations[0].field if error.violations else "request"
         return Rule(_C.INVALID_ARGUMENT, FIELD_REASONS.get(field, Reason.MALFORMED_REQUEST))
-    return RULES.get(type(error), BUG)
+    for kind, rule in RULES.items():
+        if isinstance(kind, type) and isinstance(error, kind):
+            return rule
+    return BUG
 
 
 def to_status(error: BaseException) -> status_pb2.Status:

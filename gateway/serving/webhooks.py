@@ -19,17 +19,13 @@ client (a Kubernetes NetworkPolicy, a firewall rule, a private listener).
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
-import re
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from gateway.serving.appserver import AppServer
 from gateway.backends.onprem.webhook import IdentityChangeReport, WebhookError, parse_webhook
+from gateway.serving.appserver import AppServer
 
 __all__ = [
     "MAX_WEBHOOK_BODY_BYTES",

@@ -1,11 +1,11 @@
 """The read fence: a read from the upstream that a change overtook is answered, not cached.
 
-    fence = ReadFence()
-    with fence.reading("16315551234") as read:          # a read from WhatsApp in flight
-        identity = await fetch()
-        if not read.overtaken:                          # nothing changed it meanwhile
-            cache.put("16315551234", identity)
-    fence.changed("16315551234")                        # an acknowledge or a report landed
+fence = ReadFence()
+with fence.reading("16315551234") as read:          # a read from WhatsApp in flight
+    identity = await fetch()
+    if not read.overtaken:                          # nothing changed it meanwhile
+        cache.put("16315551234", identity)
+fence.changed("16315551234")                        # an acknowledge or a report landed
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 Each :class:`Metrics` owns its registry, so several gateways can live in one test process.
 
 The per-RPC series (``grpc_server_*``, cache hits, misses, bypasses, single-flight joins) are
-counted in plain integers, in batches, by :class:`gateway.serving.journal.RpcJournal`, and turned into
-Prometheus families by a collector at scrape time, which first has the journal count what it
-holds: a prometheus-client counter takes a lock and several calls per increment, which at
+counted in plain integers, in batches, by :class:`gateway.serving.journal.RpcJournal`, and
+turned into Prometheus families by a collector at scrape time, which first has the journal count
+what it holds: a prometheus-client counter takes a lock and several calls per increment, which at
 thousands of cache hits a second costs more than the hit itself. Everything else (upstream
 requests, logins, evictions) uses prometheus-client's own counters and histograms.
 
@@ -20,7 +20,6 @@ import bisect
 from collections.abc import Callable, Iterator
 
 import grpc
-import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -99,7 +98,9 @@ class _RpcCounts(Collector):
         )
         for method, histogram in self.latency.items():
             handling.add_metric(
-                [GRPC_TYPES[method], SERVICE_NAME, method], histogram.family_buckets(), histogram.sum
+                [GRPC_TYPES[method], SERVICE_NAME, method],
+                histogram.family_buckets(),
+                histogram.sum,
             )
         yield handling
         descriptions = {

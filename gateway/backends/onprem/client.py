@@ -22,13 +22,13 @@ from types import TracebackType
 import orjson
 
 from gateway import __version__
+from gateway.backends.base import UpstreamIdentity
 from gateway.backends.http import Answer, HttpUpstream, basic_authorization
 from gateway.backends.onprem.login import LoginSession, StaticToken, TokenSource
 from gateway.backends.onprem.outcomes import Operation, classify
 from gateway.backends.onprem.parse import (
     BadAnswer,
     LoginToken,
-    UpstreamIdentity,
     check_acknowledge_body,
     parse_error_body,
     parse_identity,
