@@ -40,11 +40,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from gateway.contract import SERVICE_NAME
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 PYTHON = sys.executable
 GATEWAY = str(Path(sys.executable).parent / "identity-gateway")
-SERVICE = "whatsapp.identity.v1.IdentityService"
+SERVICE = SERVICE_NAME
 DEMO_WA_ID = "16315551234"
 DEMO_HASH = "UKD6Y/5SqDU="
 MULTI_CPU = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None

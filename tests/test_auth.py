@@ -19,7 +19,8 @@ def refused_login(code: int) -> BackendFailure:
     """What the backend raises when WhatsApp refuses the login with a 401 and ``code``."""
     return BackendFailure(
         Failure.AUTH,
-        f"the gateway could not log in to WhatsApp: WhatsApp API answered HTTP 401 with code {code}",
+        "the gateway could not log in to WhatsApp: "
+        f"WhatsApp API answered HTTP 401 with code {code}",
         http_status=401,
         upstream_code=code,
         login=True,

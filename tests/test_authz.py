@@ -17,7 +17,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
-from gateway import logs
+from gateway.failures import GatewayError
 from gateway.serving.authz import (
     ALL_METHODS,
     METHODS,
@@ -34,7 +34,8 @@ from gateway.serving.authz import (
     parse_xfcc,
     token_digest,
 )
-from gateway.serving.status import DOMAIN, GatewayError, Operation, to_status
+from gateway.serving.status import DOMAIN, rule_for, to_status
+from gateway.telemetry import logs
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_POLICY = ROOT / "deploy" / "authz" / "policy.example.json"
@@ -421,7 +422,7 @@ def test_errors_never_contain_the_token() -> None:
         error: Any = caught.value
         visible = [str(error), repr(error), *error.metadata.values()]
         assert not any(token in text for text in visible), visible
-        status = to_status(error, Operation.ACKNOWLEDGE)
+        status = to_status(error)
         assert token.encode() not in status.SerializeToString()
 
 
@@ -558,7 +559,7 @@ def test_xfcc_is_ignored_unless_the_policy_trusts_it() -> None:
 
 
 def error_infos(error: GatewayError) -> tuple[int, str, list[error_details_pb2.ErrorInfo]]:
-    status = to_status(error, Operation.ACKNOWLEDGE)
+    status = to_status(error)
     infos = []
     for detail in status.details:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
@@ -569,19 +570,19 @@ def error_infos(error: GatewayError) -> tuple[int, str, list[error_details_pb2.E
 
 
 def test_unauthenticated_becomes_unauthenticated_with_its_error_info() -> None:
-    # Fails until gateway/errors.py has the CALLER_UNAUTHENTICATED rule (see the module report).
+    # The CALLER_UNAUTHENTICATED rule of gateway.serving.status's table.
     error = unauthenticated(authorizer(), ACK, bearer(UNKNOWN_TOKEN))
     code, message, infos = error_infos(error)
     assert code == grpc.StatusCode.UNAUTHENTICATED.value[0]
     assert message == "the bearer token is not known"
     assert len(infos) == 1
     assert infos[0].domain == DOMAIN
-    assert infos[0].reason == "CALLER_UNAUTHENTICATED" == Unauthenticated.reason
+    assert infos[0].reason == "CALLER_UNAUTHENTICATED" == rule_for(error).reason
     assert dict(infos[0].metadata) == {"method": ACK}
 
 
 def test_permission_denied_becomes_permission_denied_with_its_error_info() -> None:
-    # Fails until gateway/errors.py has the CALLER_NOT_PERMITTED rule (see the module report).
+    # The CALLER_NOT_PERMITTED rule of gateway.serving.status's table.
     with pytest.raises(PermissionDenied) as caught:
         authorizer().authorize(ACK, bearer(READER_TOKEN))
     code, message, infos = error_infos(caught.value)
@@ -589,7 +590,7 @@ def test_permission_denied_becomes_permission_denied_with_its_error_info() -> No
     assert message == "caller 'reader' may not call AcknowledgeIdentity"
     assert len(infos) == 1
     assert infos[0].domain == DOMAIN
-    assert infos[0].reason == "CALLER_NOT_PERMITTED" == PermissionDenied.reason
+    assert infos[0].reason == "CALLER_NOT_PERMITTED" == rule_for(caught.value).reason
     assert dict(infos[0].metadata) == {"method": ACK, "caller": "reader"}
 
 

@@ -2,9 +2,9 @@
 ``deploy/kubernetes/`` and ``deploy/istio/``.
 
 Every manifest is parsed with PyYAML (all documents of every file) and compared with values
-imported from the gateway: the serve settings and their environment names (``gateway.app.cli``), the
-health service name (``gateway.app.server``), the proto's methods (``identity_pb2``) and the console
-script (``pyproject.toml``). Renaming a flag, the service, a method or a port without updating the
+imported from the gateway: the serve settings and their environment names
+(``gateway.app.settings``), the health service name (``gateway.contract``), the proto's methods
+(``identity_pb2``) and the console script (``pyproject.toml``). Renaming a flag, the service, a method or a port without updating the
 deployment fails here, not in a cluster.
 """
 
@@ -25,9 +25,17 @@ import yaml
 from grpc_health.v1 import health_pb2
 from whatsapp.identity.v1 import identity_pb2
 
-from gateway.app.cli import ENV_PREFIX, SERVE_SETTINGS, build_parser, config_from_args, env_name
-from gateway.app.config import split_host_port
-from gateway.app.server import SERVICE_NAME
+from gateway.app.cli import build_parser, config_from_args
+from gateway.app.settings import (
+    ENV_PREFIX,
+    SECRET_VARIABLES,
+    SETTINGS,
+    Setting,
+    env_name,
+    split_host_port,
+)
+from gateway.app.startup import prepare
+from gateway.contract import SERVICE_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBERNETES = ROOT / "deploy" / "kubernetes"
@@ -35,9 +43,13 @@ ISTIO = ROOT / "deploy" / "istio"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
-# The two secrets are environment variables only, never flags (gateway.cli._secret).
+# The two secrets are environment variables only, never flags (gateway.app.settings
+# SECRET_VARIABLES, read by gateway.app.cli._secret).
 SECRET_ENV = frozenset({ENV_PREFIX + "UPSTREAM_PASSWORD", ENV_PREFIX + "UPSTREAM_TOKEN"})
-SETTING_ENV = frozenset(env_name(flag) for flag, _, _ in SERVE_SETTINGS)
+SETTING_ENV = frozenset(setting.env for setting in SETTINGS)
+# What the image is built from: the gateway's wheel and nothing else (the emulator, in
+# emulator/, is a separate distribution for development only).
+BUILD_CONTEXT = frozenset({"pyproject.toml", "README.md", "gateway/", "generated/"})
 # WhatsApp's documented request-rate limit for the whole API (spec: whatsapp-api.md, "Rate limits
 # and overload"): an external fact, so it cannot be imported.
 WHATSAPP_REQUESTS_PER_SECOND = 20.0
@@ -102,11 +114,15 @@ def deployment_env() -> dict[str, Manifest]:
     return {e["name"]: e for e in entries}
 
 
-def default_of(flag: str) -> object:
-    for name, _, default in SERVE_SETTINGS:
-        if name == flag:
-            return default
+def setting(flag: str) -> Setting:
+    for candidate in SETTINGS:
+        if candidate.flag == flag:
+            return candidate
     raise AssertionError(f"no serve setting {flag!r}")
+
+
+def default_of(flag: str) -> object:
+    return setting(flag).default
 
 
 def effective_setting(flag: str) -> str:
@@ -331,6 +347,11 @@ def test_dockerfile_bakes_in_no_secrets() -> None:
     assert not re.search(r"\.pem|\.key|password|token|secret", copied, re.IGNORECASE)
 
 
+def test_the_secrets_this_file_guards_are_the_gateways_and_never_flags() -> None:
+    assert {env_name(name) for name, _ in SECRET_VARIABLES} == SECRET_ENV
+    assert not SECRET_ENV & SETTING_ENV, "a secret is also a flag: it would show in `ps`"
+
+
 def test_runtime_image_writes_no_bytecode_and_does_not_buffer_logs() -> None:
     env = dockerfile_env(final_stage(dockerfile()))
     # The root filesystem is read-only in the pod, and log lines must reach `kubectl logs` at once.
@@ -338,21 +359,26 @@ def test_runtime_image_writes_no_bytecode_and_does_not_buffer_logs() -> None:
     assert env.get("PYTHONUNBUFFERED") == "1"
 
 
-def test_build_context_includes_every_file_the_dockerfile_copies() -> None:
-    patterns = [
+def dockerignore_patterns() -> list[str]:
+    return [
         line.strip()
         for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.strip().startswith("#")
     ]
 
-    def included(path: str) -> bool:
-        verdict = True  # last matching pattern wins, as in Docker
-        for pattern in patterns:
-            negated = pattern.startswith("!")
-            if fnmatch.fnmatch(path, pattern.removeprefix("!").rstrip("/")):
-                verdict = negated
-        return verdict
 
+def in_build_context(path: str) -> bool:
+    """Whether ``.dockerignore`` lets ``path`` into the build context."""
+    verdict = True  # last matching pattern wins, as in Docker
+    for pattern in dockerignore_patterns():
+        negated = pattern.startswith("!")
+        if fnmatch.fnmatch(path, pattern.removeprefix("!").rstrip("/")):
+            verdict = negated
+    return verdict
+
+
+def test_build_context_includes_every_file_the_dockerfile_copies() -> None:
+    included = in_build_context
     assert not included(".git"), ".dockerignore lets the repository's history in"
     assert not included(".venv"), ".dockerignore lets the local virtualenv in"
     copies = [i for i in dockerfile() if i.keyword == "COPY" and "--from" not in i.arguments]
@@ -361,6 +387,40 @@ def test_build_context_includes_every_file_the_dockerfile_copies() -> None:
         for source in copy.arguments.split()[:-1]:
             assert (ROOT / source).exists(), f"COPY {source}: no such file"
             assert included(source.rstrip("/")), f"COPY {source} but .dockerignore excludes it"
+
+
+def test_build_context_allowlists_only_what_the_wheel_is_built_from() -> None:
+    patterns = dockerignore_patterns()
+    assert patterns[0] == "*", ".dockerignore should start by excluding everything"
+    allowed = {p.removeprefix("!") for p in patterns if p.startswith("!")}
+    assert allowed == BUILD_CONTEXT
+    copied = {
+        source
+        for i in dockerfile()
+        if i.keyword == "COPY" and "--from" not in i.arguments
+        for source in i.arguments.split()[:-1]
+    }
+    assert {c.rstrip("/") for c in copied} == {b.rstrip("/") for b in BUILD_CONTEXT}
+
+
+def test_the_image_does_not_ship_the_emulator() -> None:
+    # The emulator has an unauthenticated control API: it must never reach production.
+    for path in ("emulator", "emulator/pyproject.toml", "emulator/whatsapp_emulator/emulator.py"):
+        assert (ROOT / path).exists(), f"{path}: the emulator moved; update this test"
+        assert not in_build_context(path), f".dockerignore lets {path} into the build context"
+    for instruction in dockerfile():
+        if instruction.keyword in ("COPY", "ADD", "RUN"):
+            assert "emulator" not in instruction.arguments, (
+                f"{instruction.keyword} {instruction.arguments}"
+            )
+    # The wheel the image installs holds only the gateway's packages, and needs no emulator.
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    packages = project["tool"]["setuptools"]["packages"]
+    assert not [p for p in packages if "emulator" in p], packages
+    assert "emulator" not in json.dumps(project["tool"]["setuptools"].get("package-dir", {}))
+    assert not [d for d in project["project"]["dependencies"] if "emulator" in d]
+    emulator = tomllib.loads((ROOT / "emulator" / "pyproject.toml").read_text(encoding="utf-8"))
+    assert emulator["project"]["name"] != project["project"]["name"]
 
 
 # ---- Kubernetes ---------------------------------------------------------------------------------
@@ -430,6 +490,7 @@ def test_deployment_settings_pass_the_gateways_own_validation() -> None:
         environ[env_name("upstream-ca-file")] = certifi.where()
     args = build_parser().parse_args(["serve"])
     config = config_from_args(args, environ)  # raises ConfigError on a bad value
+    prepare(config)  # the start-up checks of files (the CA bundle): ConfigError too
     assert config.upstream_url.startswith("https://")
     assert not config.upstream_insecure
 

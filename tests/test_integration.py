@@ -235,6 +235,24 @@ async def test_trace_metadata_reaches_whatsapp(emulator: RunningEmulator, gatewa
     assert "x-not-a-trace-header" not in get.headers
 
 
+async def test_an_oversized_trace_header_is_not_forwarded_as_it_is(
+    emulator: RunningEmulator, gateway: Gateway
+) -> None:
+    """Spec 4.1: no caller can make the gateway's own upstream requests invalid. An
+    x-request-id over 1,024 characters is replaced by a generated one; other trace headers
+    that long are dropped."""
+    wa_id = known_contact(emulator)
+    long_id = "r" * 1025
+    long_state = "vendor=" + "x" * 1100
+    trace = (("x-request-id", long_id), ("tracestate", long_state), ("x-b3-sampled", "1"))
+    assert (await gateway.get(wa_id, metadata=trace)).ok
+    [get] = emulator.state.requests("GET", identity_path(wa_id))
+    assert get.headers["x-request-id"] != long_id
+    assert 0 < len(get.headers["x-request-id"]) <= 1024
+    assert "tracestate" not in get.headers
+    assert get.headers["x-b3-sampled"] == "1"
+
+
 # ---------------------------------------------------------------------------- coalescing
 
 

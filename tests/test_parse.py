@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
+from gateway.backends.base import UpstreamIdentity
 from gateway.backends.onprem.parse import (
     BadAnswer,
     LoginToken,
     UpstreamErrorBody,
-    UpstreamIdentity,
     check_acknowledge_body,
     parse_error_body,
     parse_expires_after,

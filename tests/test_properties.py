@@ -17,18 +17,18 @@ from google.rpc import error_details_pb2, status_pb2
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from gateway.serving.status import (
-    DOMAIN,
-    InvalidArgument,
-    LoginFailed,
-    Operation,
-    Reason,
-    UpstreamBadResponse,
-    UpstreamStatusError,
-    to_status,
+from gateway.backends.onprem.outcomes import Operation, classify
+from gateway.backends.onprem.parse import (
+    BadAnswer,
+    check_acknowledge_body,
+    parse_error_body,
+    parse_identity,
+    parse_login,
 )
-from gateway.backends.onprem.parse import check_acknowledge_body, parse_error_body, parse_identity, parse_login
-from gateway.serving.validation import normalize_wa_id, wa_id_violation
+from gateway.failures import BackendFailure, InvalidArgument, clean_title
+from gateway.identifiers import wa_id_violation
+from gateway.serving.status import DOMAIN, RULES, Reason, rule_for, to_status
+from gateway.serving.validation import normalize_wa_id
 
 PROPERTY_SETTINGS = settings(
     max_examples=200,
@@ -110,7 +110,7 @@ PARSERS: list[Any] = [
 def test_parsers_return_or_raise_only_bad_response(
     parser: Callable[[bytes], object], body: bytes
 ) -> None:
-    with contextlib.suppress(UpstreamBadResponse):
+    with contextlib.suppress(BadAnswer):
         parser(body)
 
 
@@ -128,6 +128,32 @@ def test_parse_error_body_never_raises(body: bytes) -> None:
 REASONS = {reason.value for reason in Reason}
 
 
+def _answered(
+    http_status: int,
+    whatsapp_code: int | None,
+    title: str | None,
+    retry_after: float | None,
+    operation: Operation,
+) -> BackendFailure:
+    """The failure the On-Premises backend builds for such an answer (any delay, any code)."""
+    message = f"WhatsApp API answered HTTP {http_status}"
+    if whatsapp_code is not None:
+        message += f" with code {whatsapp_code}"
+    if clean_title(title):
+        message += f": {clean_title(title)}"
+    login = operation is Operation.LOGIN
+    if login:
+        message = "the gateway could not log in to WhatsApp: " + message
+    return BackendFailure(
+        classify(http_status, upstream_code=whatsapp_code, operation=operation),
+        message,
+        http_status=http_status,
+        upstream_code=whatsapp_code,
+        retry_after=retry_after,
+        login=login,
+    )
+
+
 @PROPERTY_SETTINGS
 @given(
     http_status=st.integers(min_value=100, max_value=599),
@@ -135,7 +161,6 @@ REASONS = {reason.value for reason in Reason}
     title=st.none() | st.text(),
     retry_after=st.none() | st.floats(min_value=0.0, allow_nan=False),
     operation=st.sampled_from(Operation),
-    kind=st.sampled_from([UpstreamStatusError, LoginFailed]),
 )
 @example(
     http_status=429,
@@ -143,7 +168,6 @@ REASONS = {reason.value for reason in Reason}
     title=None,
     retry_after=float("inf"),
     operation=Operation.GET,
-    kind=UpstreamStatusError,
 )
 def test_to_status_always_gives_one_error_info_and_never_ok(
     http_status: int,
@@ -151,10 +175,9 @@ def test_to_status_always_gives_one_error_info_and_never_ok(
     title: str | None,
     retry_after: float | None,
     operation: Operation,
-    kind: type[UpstreamStatusError],
 ) -> None:
-    error = kind(http_status, whatsapp_code=whatsapp_code, title=title, retry_after=retry_after)
-    status = to_status(error, operation)
+    error = _answered(http_status, whatsapp_code, title, retry_after, operation)
+    status = to_status(error)
 
     assert isinstance(status, status_pb2.Status)
     assert status.code != grpc.StatusCode.OK.value[0]
@@ -164,6 +187,7 @@ def test_to_status_always_gives_one_error_info_and_never_ok(
     infos[0].Unpack(info)
     assert info.domain == DOMAIN
     assert info.reason in REASONS
+    assert info.reason == RULES[error.kind].reason
     assert info.metadata["upstreamStatus"] == str(http_status)
     assert ("whatsappCode" in info.metadata) == (whatsapp_code is not None)
     assert status.SerializeToString() is not None
@@ -175,7 +199,7 @@ def test_wa_id_normalises_to_6_to_15_ascii_digits_or_is_rejected(wa_id: str) -> 
     if wa_id_violation(wa_id) is not None:
         with pytest.raises(InvalidArgument) as caught:
             normalize_wa_id(wa_id)
-        assert caught.value.reason is Reason.INVALID_WA_ID
+        assert rule_for(caught.value).reason is Reason.INVALID_WA_ID
         return
     normalized = normalize_wa_id(wa_id)
     assert 6 <= len(normalized) <= 15

@@ -15,17 +15,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.serving.status import GatewayError
 from gateway.backends.safeguards import (
     BreakerState,
     CircuitBreaker,
     ConcurrencyLimiter,
-    Overloaded,
-    RateLimitExceeded,
     RetryBudget,
     RetryPolicy,
     TokenBucket,
 )
+from gateway.failures import BackendFailure, Failure, GatewayError
 
 # Enough turns of the event loop for woken tasks to run to their next wait.
 _SETTLE_TURNS = 10
@@ -77,6 +75,17 @@ class Ceiling:
     def __call__(self, low: float, high: float) -> float:
         self.calls.append((low, high))
         return high
+
+
+async def take_now(bucket: TokenBucket) -> bool:
+    """Take a token only if one is free this instant (never waits); whether one was taken."""
+    try:
+        await bucket.acquire(timeout=0.0)
+    except BackendFailure as failure:
+        if failure.kind is not Failure.PACED:
+            raise
+        return False
+    return True
 
 
 def no_floor_budget(clock: FakeTime, ratio: float = 0.2) -> RetryBudget:
@@ -258,11 +267,12 @@ async def test_bucket_allows_a_burst_then_the_rate() -> None:
     time = FakeTime()
     bucket = TokenBucket(rate=2.0, burst=3, clock=time.clock, sleep=time.sleep)
 
-    assert [bucket.try_acquire() for _ in range(4)] == [True, True, True, False]
+    assert [await take_now(bucket) for _ in range(4)] == [True, True, True, False]
     await time.advance(0.5)
-    assert [bucket.try_acquire() for _ in range(2)] == [True, False]
+    assert [await take_now(bucket) for _ in range(2)] == [True, False]
     await time.advance(100.0)  # a long pause refills up to the burst, no more
-    assert sum(bucket.try_acquire() for _ in range(10)) == 3
+    assert sum([await take_now(bucket) for _ in range(10)]) == 3
+    assert time.slept == []
 
 
 async def test_acquire_takes_a_free_token_without_sleeping() -> None:
@@ -278,7 +288,7 @@ async def test_acquire_takes_a_free_token_without_sleeping() -> None:
 async def test_acquire_waits_for_tokens_in_arrival_order() -> None:
     time = FakeTime()
     bucket = TokenBucket(rate=10.0, burst=1, clock=time.clock, sleep=time.sleep)
-    assert bucket.try_acquire()
+    assert await take_now(bucket)
     served: list[str] = []
 
     async def caller(name: str) -> None:
@@ -288,7 +298,7 @@ async def test_acquire_waits_for_tokens_in_arrival_order() -> None:
     tasks = [asyncio.create_task(caller(name)) for name in "abc"]
     await settle()
     assert bucket.waiting == 3
-    assert not bucket.try_acquire()  # a newcomer cannot take the token "a" waits for
+    assert not await take_now(bucket)  # a newcomer cannot take the token "a" waits for
 
     for expected in (["a"], ["a", "b"], ["a", "b", "c"]):
         await time.advance(0.1)
@@ -300,12 +310,13 @@ async def test_acquire_waits_for_tokens_in_arrival_order() -> None:
 async def test_acquire_fails_at_once_when_the_wait_exceeds_the_timeout() -> None:
     time = FakeTime()
     bucket = TokenBucket(rate=10.0, burst=1, clock=time.clock, sleep=time.sleep)
-    assert bucket.try_acquire()
+    assert await take_now(bucket)
 
-    with pytest.raises(RateLimitExceeded) as raised:
+    with pytest.raises(BackendFailure) as raised:
         await bucket.acquire(timeout=0.05)
 
     assert time.slept == []
+    assert raised.value.kind is Failure.PACED
     assert raised.value.retry_after == pytest.approx(0.1)
     assert isinstance(raised.value, GatewayError)
     # The refused caller took nothing: the next token is still 0.1 s away, not 0.2 s.
@@ -322,20 +333,22 @@ async def test_acquire_with_zero_timeout_never_waits() -> None:
     bucket = TokenBucket(rate=1000.0, burst=1, clock=time.clock, sleep=time.sleep)
     await bucket.acquire(timeout=0.0)
 
-    with pytest.raises(RateLimitExceeded):
+    with pytest.raises(BackendFailure) as raised:
         await bucket.acquire(timeout=0.0)
+    assert raised.value.kind is Failure.PACED
     assert time.slept == []
 
 
 async def test_acquire_fails_at_once_beyond_max_waiters() -> None:
     time = FakeTime()
     bucket = TokenBucket(rate=10.0, burst=1, max_waiters=2, clock=time.clock, sleep=time.sleep)
-    assert bucket.try_acquire()
+    assert await take_now(bucket)
     waiters = [asyncio.create_task(bucket.acquire(timeout=None)) for _ in range(2)]
     await settle()
 
-    with pytest.raises(RateLimitExceeded, match="already wait"):
+    with pytest.raises(BackendFailure, match="already wait") as raised:
         await asyncio.wait_for(bucket.acquire(timeout=None), timeout=_BUG_GUARD)
+    assert raised.value.kind is Failure.PACED
 
     await time.advance(0.1)  # the refused caller did not push the others back
     assert waiters[0].done()
@@ -347,7 +360,7 @@ async def test_acquire_fails_at_once_beyond_max_waiters() -> None:
 async def test_cancelled_waiter_gives_its_token_back() -> None:
     time = FakeTime()
     bucket = TokenBucket(rate=10.0, burst=1, clock=time.clock, sleep=time.sleep)
-    assert bucket.try_acquire()
+    assert await take_now(bucket)
     first = asyncio.create_task(bucket.acquire(timeout=None))
     second = asyncio.create_task(bucket.acquire(timeout=None))
     await settle()
@@ -360,8 +373,8 @@ async def test_cancelled_waiter_gives_its_token_back() -> None:
     assert second.cancelled()
     assert bucket.waiting == 0
     await time.advance(0.1)  # the token "second" reserved is free again
-    assert bucket.try_acquire()
-    assert not bucket.try_acquire()
+    assert await take_now(bucket)
+    assert not await take_now(bucket)
 
 
 async def test_acquire_sleeps_for_real_by_default() -> None:
@@ -457,7 +470,6 @@ async def test_half_open_breaker_admits_exactly_one_probe() -> None:
     probe = subject.breaker.allow()
 
     assert probe is not None
-    assert probe.is_probe
     assert subject.breaker.allow() is None
     assert subject.breaker.retry_after() == 5.0
 
@@ -628,8 +640,9 @@ async def test_newcomer_does_not_overtake_the_queue() -> None:
     await settle()
 
     assert holders.entered == ["a", "b"]
-    with pytest.raises(Overloaded):
+    with pytest.raises(BackendFailure) as raised:
         await tasks[2]
+    assert raised.value.kind is Failure.OVERLOADED
     holders.go["b"].set()
     await asyncio.gather(*tasks[:2])
 
@@ -640,9 +653,10 @@ async def test_limiter_fails_fast_when_the_queue_is_full() -> None:
     tasks = [holders.start(name) for name in "abc"]
     await settle()
 
-    with pytest.raises(Overloaded, match="queued") as raised:
+    with pytest.raises(BackendFailure, match="queued") as raised:
         async with asyncio.timeout(_BUG_GUARD), limiter.slot(timeout=None):
             pytest.fail("ran beyond the waiting bound")
+    assert raised.value.kind is Failure.OVERLOADED
     assert isinstance(raised.value, GatewayError)
     assert (limiter.in_flight, limiter.waiting) == (1, 2)
 
@@ -654,18 +668,20 @@ async def test_limiter_fails_fast_when_the_queue_is_full() -> None:
 async def test_limiter_with_zero_timeout_fails_at_once_when_full() -> None:
     limiter = ConcurrencyLimiter(max_in_flight=1, max_waiting=5)
     async with limiter.slot(timeout=0.0):
-        with pytest.raises(Overloaded, match="in progress"):
+        with pytest.raises(BackendFailure, match="in progress") as raised:
             async with limiter.slot(timeout=0.0):
                 pytest.fail("ran beyond the in-flight bound")
+        assert raised.value.kind is Failure.OVERLOADED
         assert limiter.waiting == 0
 
 
 async def test_limiter_wait_that_times_out_fails_and_leaves_the_queue() -> None:
     limiter = ConcurrencyLimiter(max_in_flight=1, max_waiting=5)
     async with limiter.slot():
-        with pytest.raises(Overloaded, match="in time"):
+        with pytest.raises(BackendFailure, match="in time") as raised:
             async with limiter.slot(timeout=0.005):
                 pytest.fail("ran beyond the in-flight bound")
+        assert raised.value.kind is Failure.OVERLOADED
         assert limiter.waiting == 0
     assert limiter.in_flight == 0
 

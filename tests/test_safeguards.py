@@ -8,13 +8,23 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import grpc
+import httpx
 import pytest
+from whatsapp_emulator.emulator import Fault, RunningEmulator, error_envelope
 
 from gateway.app.config import GatewayConfig
-from whatsapp_emulator.emulator import Fault, RunningEmulator, error_envelope
-from gateway.backends.safeguards import BreakerState, CircuitBreaker, RetryPolicy
 from gateway.app.server import GatewayServer
-from gateway.backends.onprem.client import Safeguards, WhatsAppClient, aiohttp_transport
+from gateway.backends.http import HttpUpstream, aiohttp_transport
+from gateway.backends.onprem.client import OnPremBackend
+from gateway.backends.safeguards import (
+    BreakerState,
+    CircuitBreaker,
+    RetryBudget,
+    RetryPolicy,
+    Safeguards,
+)
+from gateway.deadline import NO_DEADLINE
+from gateway.failures import BackendFailure, Failure
 from tests.conftest import Gateway, GatewayFactory, new_wa_id
 
 pytestmark = pytest.mark.integration
@@ -106,6 +116,36 @@ async def test_timeouts_are_not_retried(
     assert emulator.state.count("GET", path(wa_id)) == 1
 
 
+async def test_the_retry_budget_caps_retries_at_its_share_of_operations() -> None:
+    requests = 0
+
+    def unavailable(request: httpx.Request) -> httpx.Response:
+        nonlocal requests
+        requests += 1
+        return httpx.Response(503)
+
+    guards = Safeguards(
+        retry=RetryPolicy(max_attempts=3, base_delay=0.001, max_delay=0.002),
+        budget=RetryBudget(ratio=0.5, min_retries_per_second=0.0),
+        # Never opens here: only the budget may stop the retries.
+        breaker=CircuitBreaker(min_requests=1000),
+    )
+    upstream = HttpUpstream(
+        httpx.MockTransport(unavailable), base_url="https://wa.test", request_timeout=5.0
+    )
+    async with OnPremBackend(upstream, token="static", safeguards=guards) as backend:
+        for _ in range(10):
+            with pytest.raises(BackendFailure) as raised:
+                await backend.get_identity(new_wa_id(), deadline=NO_DEADLINE)
+            assert raised.value.kind is Failure.UNAVAILABLE
+
+    # Each operation is one request to the budget, which then allows 0.5 retries per request,
+    # and no floor: operation n may retry only while retries + 1 <= 0.5 * n, so every second
+    # operation retries once (its second retry would pass the share). Without the budget every
+    # operation would make all 3 attempts (30 requests).
+    assert requests == 10 + 5
+
+
 # ---------------------------------------------------------------------------- circuit breaker
 
 
@@ -120,16 +160,18 @@ async def gateway_with_breaker(
         upstream_password="secret",
         upstream_retries=0,
     )
-    client = WhatsAppClient(
-        aiohttp_transport(max_connections=8, verify=False),
-        base_url=emulator.url,
-        request_timeout=5,
+    backend = OnPremBackend(
+        HttpUpstream(
+            aiohttp_transport(max_connections=8, verify=False),
+            base_url=emulator.url,
+            request_timeout=5,
+        ),
         username="admin",
         password="secret",
         safeguards=Safeguards(breaker=breaker, retry=RetryPolicy(max_attempts=1)),
     )
     async with (
-        GatewayServer(config, client=client) as server,
+        GatewayServer(config, backend=backend) as server,
         grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
     ):
         yield Gateway(server, channel)

@@ -134,7 +134,9 @@ async def test_no_more_connections_than_requests_admitted_at_once(
 
     server = await raw_server(slow_ok)
     async with backend_for(server, upstream_max_in_flight=3) as backend:
-        await asyncio.gather(*(backend.get_identity(WA_ID, deadline=NO_DEADLINE) for _ in range(12)))
+        await asyncio.gather(
+            *(backend.get_identity(WA_ID, deadline=NO_DEADLINE) for _ in range(12))
+        )
     assert server.connections == 3
 
 

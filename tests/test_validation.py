@@ -1,4 +1,5 @@
-"""Unit tests for gateway.validation (spec 4.2): what may reach the upstream URL, and what not."""
+"""Unit tests for gateway.serving.validation and gateway.identifiers (spec 4.2): what may reach
+the upstream URL, and what not."""
 
 from __future__ import annotations
 
@@ -6,14 +7,10 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
-from gateway.serving.status import InvalidArgument, Operation, Reason, to_status
-from gateway.serving.validation import (
-    MAX_HASH_LENGTH,
-    hash_violation,
-    normalize_wa_id,
-    validate_acknowledge,
-    wa_id_violation,
-)
+from gateway.failures import InvalidArgument
+from gateway.identifiers import MAX_HASH_LENGTH, hash_violation, wa_id_violation
+from gateway.serving.status import Reason, rule_for, to_status
+from gateway.serving.validation import normalize_wa_id, validate_acknowledge
 
 GOOD_WA_ID = "16315551234"
 GOOD_HASH = "UKD6Y/5SqDU="
@@ -21,6 +18,11 @@ GOOD_HASH = "UKD6Y/5SqDU="
 
 def _fields(error: InvalidArgument) -> list[str]:
     return [violation.field for violation in error.violations]
+
+
+def _reason(error: InvalidArgument) -> Reason:
+    """The reason a caller receives: derived at the boundary from the first bad field."""
+    return rule_for(error).reason
 
 
 # --- wa_id ------------------------------------------------------------------------------------
@@ -78,7 +80,7 @@ HOSTILE_WA_IDS = [
 def test_hostile_wa_id_is_rejected_as_invalid_wa_id(wa_id: str) -> None:
     with pytest.raises(InvalidArgument) as caught:
         normalize_wa_id(wa_id)
-    assert caught.value.reason is Reason.INVALID_WA_ID
+    assert _reason(caught.value) is Reason.INVALID_WA_ID
     assert _fields(caught.value) == ["wa_id"]
     assert caught.value.violations[0].description
     violation = wa_id_violation(wa_id)
@@ -90,14 +92,14 @@ def test_hostile_wa_id_is_rejected_as_invalid_wa_id(wa_id: str) -> None:
 def test_hostile_wa_id_is_rejected_by_acknowledge_validation(wa_id: str) -> None:
     with pytest.raises(InvalidArgument) as caught:
         validate_acknowledge(wa_id, GOOD_HASH)
-    assert caught.value.reason is Reason.INVALID_WA_ID
+    assert _reason(caught.value) is Reason.INVALID_WA_ID
     assert _fields(caught.value) == ["wa_id"]
 
 
 def test_invalid_wa_id_becomes_invalid_argument_with_bad_request_on_wa_id() -> None:
     with pytest.raises(InvalidArgument) as caught:
         normalize_wa_id("../users/login")
-    status = to_status(caught.value, Operation.GET)
+    status = to_status(caught.value)
     assert status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     bad_requests = [d for d in status.details if d.Is(error_details_pb2.BadRequest.DESCRIPTOR)]
     assert len(bad_requests) == 1
@@ -158,21 +160,21 @@ def test_bad_hash_is_rejected_as_invalid_hash(identity_hash: str) -> None:
     assert violation.field == "hash"
     with pytest.raises(InvalidArgument) as caught:
         validate_acknowledge(GOOD_WA_ID, identity_hash)
-    assert caught.value.reason is Reason.INVALID_HASH
+    assert _reason(caught.value) is Reason.INVALID_HASH
     assert _fields(caught.value) == ["hash"]
 
 
 def test_both_fields_invalid_names_both_and_reports_invalid_wa_id() -> None:
     with pytest.raises(InvalidArgument) as caught:
         validate_acknowledge("../users/login", "a b")
-    assert caught.value.reason is Reason.INVALID_WA_ID
+    assert _reason(caught.value) is Reason.INVALID_WA_ID
     assert _fields(caught.value) == ["wa_id", "hash"]
 
 
 def test_both_fields_invalid_status_carries_both_field_violations() -> None:
     with pytest.raises(InvalidArgument) as caught:
         validate_acknowledge("12345", "")
-    status = to_status(caught.value, Operation.ACKNOWLEDGE)
+    status = to_status(caught.value)
     assert status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     bad_request = error_details_pb2.BadRequest()
     packed = [d for d in status.details if d.Is(error_details_pb2.BadRequest.DESCRIPTOR)]

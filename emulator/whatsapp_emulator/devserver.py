@@ -14,6 +14,7 @@ import sys
 
 from gateway.app.config import GatewayConfig
 from gateway.app.server import serve
+from gateway.contract import SERVICE_NAME
 from gateway.telemetry.logs import configure_logging
 from whatsapp_emulator.emulator import (
     DEFAULT_PASSWORD,
@@ -35,7 +36,7 @@ def _banner(gateway: str, emulator_url: str) -> str:
             f"  {exe} get {wa_id} --target {gateway}",
             f"  {exe} ack {wa_id} {contact.hash} --target {gateway}",
             f'  grpcurl -plaintext -d \'{{"wa_id": "{wa_id}"}}\' {gateway} '
-            "whatsapp.identity.v1.IdentityService/GetIdentity",
+            f"{SERVICE_NAME}/GetIdentity",
             f"  curl -X PUT {emulator_url}/_emulator/contacts/{wa_id} "
             '-d \'{"hash": "bmV3SGFzaA=="}\'   # change the identity',
             "",

@@ -40,7 +40,12 @@ from gateway.store.cache import IdentityStore
 from gateway.store.changes import ChangeBus
 from gateway.store.fence import ReadFence
 from gateway.store.single_flight import SingleFlight
-from gateway.telemetry.logs import REQUEST_ID_HEADER, RequestIds, request_id
+from gateway.telemetry.logs import (
+    MAX_FORWARDED_HEADER,
+    REQUEST_ID_HEADER,
+    RequestIds,
+    request_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +79,11 @@ class RpcRecord:
     def __init__(self, metadata: Any, ids: RequestIds) -> None:
         self.trace: dict[str, str] = {}
         for key, value in metadata or ():
-            if key in _TRACE_HEADER_SET and isinstance(value, str):
+            if (
+                key in _TRACE_HEADER_SET
+                and isinstance(value, str)
+                and len(value) <= MAX_FORWARDED_HEADER
+            ):
                 self.trace[key] = value
         # Every upstream request and log line of this RPC carries a request id.
         self.request_id = self.trace[REQUEST_ID_HEADER] = ids.of(metadata)

@@ -84,6 +84,8 @@ def _quoted(value: str | None) -> str:
 
 
 REQUEST_ID_HEADER = "x-request-id"
+# A caller's header longer than this is not forwarded as it is (spec 4.1), nor logged.
+MAX_FORWARDED_HEADER = 1024
 
 
 class RequestIds:
@@ -97,10 +99,11 @@ class RequestIds:
         return f"{self._prefix}-{next(self._counter):x}"
 
     def of(self, metadata: Any) -> str:
-        """An RPC's request id: the caller's ``x-request-id`` in ``metadata``, or a new one."""
+        """An RPC's request id: the caller's ``x-request-id`` in ``metadata``, or a new one
+        when it has none or one longer than :data:`MAX_FORWARDED_HEADER`."""
         for key, value in metadata or ():
             if key == REQUEST_ID_HEADER and isinstance(value, str):
-                return value
+                return value if len(value) <= MAX_FORWARDED_HEADER else self.new()
         return self.new()
 
 
