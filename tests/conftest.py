@@ -19,9 +19,9 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from whatsapp.identity.v1 import identity_pb2, identity_pb2_grpc
+from whatsapp_emulator.emulator import RunningEmulator
 
 from gateway.app.config import GatewayConfig
-from whatsapp_emulator.emulator import RunningEmulator
 from gateway.app.server import GatewayServer
 
 _serial = itertools.count(1)

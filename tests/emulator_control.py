@@ -6,8 +6,8 @@
         ...
         assert await control.count("GET", "/v1/contacts/15551234567/identity") == 3
 
-Keyword arguments are the JSON fields of ``whatsapp_emulator.emulator.Contact``, ``Fault`` and ``Settings``.
-A call the emulator refuses raises ``httpx.HTTPStatusError``.
+Keyword arguments are the JSON fields of ``whatsapp_emulator.emulator.Contact``, ``Fault`` and
+``Settings``. A call the emulator refuses raises ``httpx.HTTPStatusError``.
 """
 
 from __future__ import annotations

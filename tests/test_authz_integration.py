@@ -10,8 +10,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from whatsapp_emulator.emulator import RunningEmulator
+
 from gateway.serving.policy import parse_policy, token_digest
 from tests.conftest import GatewayFactory, new_wa_id
 

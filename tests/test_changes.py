@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 from whatsapp.identity.v1 import identity_pb2
 
+from gateway.failures import BusClosed, WatcherTooSlow
 from gateway.store.changes import CHANNEL, ChangeBus
-from gateway.serving.status import BusClosed, WatcherTooSlow
 from tests.conftest import wait_until
 
 

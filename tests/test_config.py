@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
+import ssl
 from pathlib import Path
 from typing import Any
 
 import certifi
 import pytest
 
-from gateway.app.cli import build_parser, config_from_args
+from gateway.app import settings
+from gateway.app.cli import EXIT_CONFIG, build_parser, config_from_args, main
 from gateway.app.config import ConfigError, GatewayConfig
+from gateway.app.startup import prepare
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
 
 URL = "https://graph.wa.example.com"
 TOKEN = "tok-Kq93-SECRET"
@@ -40,6 +47,15 @@ def config_error(argv: list[str], environ: dict[str, str]) -> str:
     """The ConfigError message the arguments and environment produce (fails if none)."""
     with pytest.raises(ConfigError) as caught:
         config_from_args(parse(*argv), environ)
+    return str(caught.value)
+
+
+def startup_error(argv: list[str], environ: dict[str, str]) -> str:
+    """The ConfigError message start-up (``prepare``) gives for the configuration's files; the
+    configuration itself reads no file, so it must be accepted first."""
+    config = load(argv, environ)
+    with pytest.raises(ConfigError) as caught:
+        prepare(config)
     return str(caught.value)
 
 
@@ -509,7 +525,7 @@ def test_token_that_cannot_be_a_header_is_rejected_without_echoing_it() -> None:
 def test_missing_ca_file_is_rejected(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-ca.pem"
 
-    message = config_error(["--upstream-ca-file", str(missing)], TOKEN_ENV)
+    message = startup_error(["--upstream-ca-file", str(missing)], TOKEN_ENV)
 
     assert "--upstream-ca-file" in message
     assert str(missing) in message
@@ -523,15 +539,36 @@ def test_missing_ca_file_is_rejected(tmp_path: Path) -> None:
 def test_garbage_ca_file_is_rejected(tmp_path: Path, content: str) -> None:
     garbage = write(tmp_path / "ca.pem", content)
 
-    message = config_error(["--upstream-ca-file", str(garbage)], TOKEN_ENV)
+    message = startup_error(["--upstream-ca-file", str(garbage)], TOKEN_ENV)
 
     assert "--upstream-ca-file" in message
 
 
 def test_a_directory_as_ca_file_is_rejected(tmp_path: Path) -> None:
-    message = config_error(["--upstream-ca-file", str(tmp_path)], TOKEN_ENV)
+    message = startup_error(["--upstream-ca-file", str(tmp_path)], TOKEN_ENV)
 
     assert "--upstream-ca-file" in message
+
+
+def test_a_readable_ca_file_passes_start_up_and_verifies_the_upstream() -> None:
+    runtime = prepare(load(["--upstream-ca-file", CA_FILE], TOKEN_ENV))
+
+    assert isinstance(runtime.upstream_tls, ssl.SSLContext)
+    assert runtime.upstream_tls.verify_mode == ssl.CERT_REQUIRED
+
+
+def test_a_bad_ca_file_stops_the_command_line_with_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "no-such-ca.pem"
+
+    status = main(["serve", "--upstream-ca-file", str(missing)], TOKEN_ENV)
+
+    assert status == EXIT_CONFIG == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "--upstream-ca-file" in err
+    assert str(missing) in err
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "-0.5", "nan"])
@@ -668,7 +705,6 @@ def test_negative_shutdown_grace_is_rejected() -> None:
         ({"metrics_listen": "nowhere"}, "--metrics-listen"),
         ({"upstream_username": "admin"}, "--upstream-username"),
         ({"upstream_token": None}, "--upstream-token-file"),
-        ({"upstream_ca_file": Path("/nonexistent/ca.pem")}, "--upstream-ca-file"),
     ],
 )
 def test_gateway_config_rejects_bad_values_naming_the_setting(
@@ -682,5 +718,74 @@ def test_gateway_config_rejects_bad_values_naming_the_setting(
     assert named in str(caught.value)
 
 
+def test_gateway_config_reads_no_file_and_start_up_rejects_a_missing_ca_file() -> None:
+    missing = Path("/nonexistent/ca.pem")
+    config = GatewayConfig(upstream_url=URL, upstream_token=TOKEN, upstream_ca_file=missing)
+
+    with pytest.raises(ConfigError) as caught:
+        prepare(config)
+
+    assert "--upstream-ca-file" in str(caught.value)
+    assert str(missing) in str(caught.value)
+
+
 def test_config_error_is_a_value_error() -> None:
     assert issubclass(ConfigError, ValueError)
+
+
+# --- the settings table: README and --help derive from it -------------------------------------
+
+
+def readme_configuration_table() -> str:
+    """The README's configuration table: under "### Configuration", from its header line to the
+    first line that is not a table row."""
+    lines = README.read_text(encoding="utf-8").splitlines()
+    heading = lines.index("### Configuration")
+    header = lines.index("| flag | environment variable | meaning | default |", heading)
+    assert not [line for line in lines[heading + 1 : header] if line.startswith("#")], (
+        "the table is not under the Configuration heading"
+    )
+    end = header
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    return "\n".join(lines[header:end]) + "\n"
+
+
+def test_the_readme_configuration_table_is_derived_from_the_settings() -> None:
+    # When this fails, regenerate the table: python -m gateway.app.settings
+    assert readme_configuration_table() == settings.readme_table()
+
+
+def serve_help_entries(capsys: pytest.CaptureFixture[str]) -> dict[str, str]:
+    """``identity-gateway serve --help``: each option's entry (its flags and help) by each of its
+    flags, with the whitespace argparse wraps it with removed."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["serve", "--help"])
+    assert exited.value.code == 0
+    entries: dict[str, str] = {}
+    flags: list[str] = []
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith("  -"):  # an option's first line: its flags, then maybe its help
+            invocation = re.split(r"\s{2,}", line.strip())[0]
+            flags = re.findall(r"--[\w-]+", invocation)
+            entries.update(dict.fromkeys(flags, ""))
+        elif not line.startswith("   "):  # not a wrapped help line: the entry has ended
+            flags = []
+        for flag in flags:
+            entries[flag] += "".join(line.split())
+    return entries
+
+
+def test_serve_help_names_every_settings_flag_environment_variable_and_meaning(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    entries = serve_help_entries(capsys)
+    for setting in settings.SETTINGS:
+        flag = f"--{setting.flag}"
+        assert flag in entries, f"serve --help does not list {flag}"
+        entry = entries[flag]
+        assert re.search(rf"{setting.env}(?!\w)", entry), f"{flag}: no {setting.env} in its help"
+        first_words = " ".join(setting.help.replace("`", "").split()[:4])
+        assert "".join(first_words.split()) in entry, f"{flag}: no {first_words!r} in its help"
+        if setting.kind is bool:
+            assert f"--no-{setting.flag}" in entries, f"serve --help does not list --no-{flag}"

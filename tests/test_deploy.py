@@ -4,8 +4,9 @@
 Every manifest is parsed with PyYAML (all documents of every file) and compared with values
 imported from the gateway: the serve settings and their environment names
 (``gateway.app.settings``), the health service name (``gateway.contract``), the proto's methods
-(``identity_pb2``) and the console script (``pyproject.toml``). Renaming a flag, the service, a method or a port without updating the
-deployment fails here, not in a cluster.
+(``identity_pb2``) and the console script (``pyproject.toml``). Renaming a flag, the service, a
+method or a port without updating the deployment fails here, not in a cluster. The image is built
+from the gateway's wheel alone: the WhatsApp API emulator (``emulator/``) never ships in it.
 """
 
 from __future__ import annotations

@@ -23,7 +23,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from whatsapp_emulator.emulator import (
     DEMO_CONTACTS,
     Fault,
@@ -32,6 +31,7 @@ from whatsapp_emulator.emulator import (
     identity_changed_webhook,
     run_emulator,
 )
+
 from gateway.serving.webhooks import IdentityChangeReport, WebhookServer, parse_webhook
 from tests.conftest import wait_until
 from tests.emulator_control import EmulatorControl

@@ -6,8 +6,8 @@ from __future__ import annotations
 import grpc
 import pytest
 from whatsapp.identity.v1 import identity_pb2
-
 from whatsapp_emulator.emulator import Fault, RunningEmulator
+
 from tests.conftest import Gateway, GatewayFactory, Outcome, call, new_wa_id
 
 pytestmark = pytest.mark.integration

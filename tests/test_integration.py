@@ -10,8 +10,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from whatsapp.identity.v1 import identity_pb2
-
 from whatsapp_emulator.emulator import Fault, RunningEmulator, error_envelope
+
 from gateway.serving.status import DOMAIN
 from tests.conftest import Gateway, GatewayFactory, Outcome, call, new_wa_id, wait_until
 

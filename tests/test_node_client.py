@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from whatsapp_emulator.emulator import RunningEmulator
+
 from tests.conftest import Gateway, new_wa_id
 
 pytestmark = pytest.mark.integration

@@ -18,8 +18,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from whatsapp.identity.v1 import identity_pb2, identity_pb2_grpc
-
 from whatsapp_emulator.emulator import Fault, RunningEmulator
+
 from tests.conftest import Gateway, GatewayFactory, call, new_wa_id, wait_until
 
 pytestmark = pytest.mark.integration

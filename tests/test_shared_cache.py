@@ -16,8 +16,8 @@ import grpc
 import pytest
 import redis
 from whatsapp.identity.v1 import identity_pb2, identity_pb2_grpc
-
 from whatsapp_emulator.emulator import Fault, RunningEmulator
+
 from tests.conftest import call, new_wa_id, wait_until
 from tests.test_serve_process import ServeProcess, free_port, serve_process
 

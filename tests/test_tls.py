@@ -35,11 +35,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from whatsapp_emulator.emulator import RunningEmulator
 
 from gateway.app.cli import build_parser, config_from_args
 from gateway.app.config import ConfigError, GatewayConfig
-from whatsapp_emulator.emulator import RunningEmulator
 from gateway.app.server import GatewayServer
+from gateway.app.startup import prepare
 from tests.conftest import Gateway, call, new_wa_id
 
 HASH = "UKD6Y/5SqDU="
@@ -460,10 +461,26 @@ def load(argv: list[str], environ: dict[str, str]) -> GatewayConfig:
     return config_from_args(build_parser().parse_args(["serve", *argv]), environ)
 
 
+def config(**overrides: Any) -> GatewayConfig:
+    return GatewayConfig(
+        upstream_url="https://graph.wa.example.com", upstream_token="t", **overrides
+    )
+
+
 def config_error(**overrides: Any) -> str:
-    """The ConfigError message GatewayConfig gives for ``overrides`` (fails if none)."""
+    """The ConfigError message GatewayConfig gives for ``overrides`` (fails if none): the
+    settings that go together, checked without reading any file."""
     with pytest.raises(ConfigError) as caught:
-        GatewayConfig(upstream_url="https://graph.wa.example.com", upstream_token="t", **overrides)
+        config(**overrides)
+    return str(caught.value)
+
+
+def startup_error(**overrides: Any) -> str:
+    """The ConfigError message start-up (``prepare``) gives for the files ``overrides`` name
+    (fails if none). GatewayConfig reads no file, so it must accept them first."""
+    configured = config(**overrides)
+    with pytest.raises(ConfigError) as caught:
+        prepare(configured)
     return str(caught.value)
 
 
@@ -529,6 +546,18 @@ def test_listener_with_certificate_and_key_but_no_client_ca_is_tls(pki: Pki) -> 
     assert config.listener_security == "tls"
 
 
+def test_start_up_reads_the_listener_files_and_never_shows_the_key(pki: Pki) -> None:
+    assert prepare(config()).listener_tls is None  # plaintext: no file to read
+
+    runtime = prepare(config(**listener_tls(pki, mutual=True)))
+
+    assert runtime.listener_tls is not None
+    assert runtime.listener_tls.chain == pki.server_cert.read_bytes()
+    assert runtime.listener_tls.key == pki.server_key.read_bytes()
+    assert runtime.listener_tls.client_ca == pki.ca.read_bytes()
+    assert "PRIVATE KEY" not in repr(runtime)
+
+
 def test_certificate_without_key_is_refused_naming_the_missing_flag(pki: Pki) -> None:
     message = config_error(tls_cert=pki.server_cert)
 
@@ -555,13 +584,13 @@ def test_unreadable_listener_tls_file_is_refused_naming_its_flag(
     unreadable = tmp_path / "absent.pem" if problem == "missing" else tmp_path
     settings = {**listener_tls(pki, mutual=True), flag[2:].replace("-", "_"): unreadable}
 
-    message = config_error(**settings)
+    message = startup_error(**settings)
 
     assert message.startswith(f"{flag} {unreadable} is unreadable"), message
 
 
 def test_key_that_does_not_match_the_certificate_is_refused(pki: Pki) -> None:
-    message = config_error(tls_cert=pki.server_cert, tls_key=pki.client_key)
+    message = startup_error(tls_cert=pki.server_cert, tls_key=pki.client_key)
 
     assert message.startswith("--tls-key")
     assert "does not match" in message
@@ -584,14 +613,14 @@ def test_garbage_pem_is_refused_naming_its_flag_without_echoing_it(
     garbage.write_text(content.format(marker=KEY_MARKER))
     settings = {**listener_tls(pki, mutual=True), flag[2:].replace("-", "_"): garbage}
 
-    message = config_error(**settings)
+    message = startup_error(**settings)
 
     assert message.startswith(f"{flag} {garbage}"), message
     assert KEY_MARKER not in message
 
 
 def test_private_key_in_place_of_the_certificate_is_refused(pki: Pki) -> None:
-    message = config_error(tls_cert=pki.server_key, tls_key=pki.server_key)
+    message = startup_error(tls_cert=pki.server_key, tls_key=pki.server_key)
 
     assert message.startswith("--tls-cert")
     assert "BEGIN" not in message
@@ -604,7 +633,7 @@ def test_encrypted_key_is_refused_without_asking_for_a_passphrase(pki: Pki, tmp_
         tmp_path / "encrypted.key", key, serialization.BestAvailableEncryption(b"passphrase")
     )
 
-    message = config_error(tls_cert=pki.server_cert, tls_key=encrypted)
+    message = startup_error(tls_cert=pki.server_cert, tls_key=encrypted)
 
     assert message.startswith("--tls-key")
     assert "encrypted" in message

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 from whatsapp.identity.v1 import identity_pb2
-
 from whatsapp_emulator.emulator import RunningEmulator
+
 from tests.conftest import Gateway, GatewayFactory, call, new_wa_id
 
 pytestmark = pytest.mark.integration

@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 from whatsapp.identity.v1 import identity_pb2
-
 from whatsapp_emulator.emulator import RunningEmulator
+
 from gateway.app.server import GatewayServer
 from tests.conftest import GatewayFactory, new_wa_id, wait_until
 

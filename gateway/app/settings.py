@@ -328,8 +328,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add every setting to ``serve``'s parser. Defaults are None: unset, so the environment
     can be read for it (:func:`read`)."""
     for setting in SETTINGS:
-        shown = setting.describe_default().replace("`", "")
-        help_text = f"{setting.help.replace('`', '')} (env {setting.env}; default {shown})"
+        shown = _plain(setting.describe_default())
+        help_text = f"{_plain(setting.help)} (env {setting.env}; default {shown})"
         help_text = help_text.replace("%", "%%")
         if setting.kind is bool:
             parser.add_argument(
@@ -346,6 +346,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 metavar=setting.metavar.replace("\\", ""),
                 help=help_text,
             )
+
+
+def _plain(markdown: str) -> str:
+    """README text for a terminal: no backticks or emphasis."""
+    return markdown.replace("`", "").replace("*", "")
 
 
 def read(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any]:
