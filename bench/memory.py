@@ -37,7 +37,7 @@ def main(entries: int) -> None:
         wa_id = str(10_000_000_000 + i)
         digest = hashlib.sha256(wa_id.encode()).digest()[:8]
         identity = UpstreamIdentity(base64.b64encode(digest).decode(), 1600132094000 + i, False)
-        response = _response(wa_id, identity, now)  # what the gateway caches: the hit answer
+        response = _response("", wa_id, identity, now)  # what the gateway caches: the hit answer
         response.cache_hit = True
         cache.put(wa_id, response.SerializeToString())
     gc.collect()

@@ -10,6 +10,7 @@ that kind instead of re-deriving it::
     ├── DeadlineExceeded          the caller's own deadline ran out while the gateway waited
     ├── WatcherTooSlow            a change watcher fell too far behind
     ├── BusClosed                 the gateway is draining; watchers should reconnect
+    ├── UnknownSender             a well-formed sender number the gateway does not serve
     └── BackendFailure            no usable answer from a backend; ``kind`` says which (Failure)
 
 Caller authorization adds two more (``Unauthenticated``, ``PermissionDenied``) in
@@ -81,6 +82,14 @@ class BusClosed(GatewayError):
     """The gateway is shutting down; watchers should reconnect to another replica."""
 
 
+class UnknownSender(GatewayError):
+    """The request names a business number (sender) the gateway is not configured for."""
+
+    def __init__(self, sender: str) -> None:
+        super().__init__(f"the gateway serves no sender {sender}")
+        self.sender = sender
+
+
 class BackendFailure(GatewayError):
     """A backend gave no usable answer; ``kind`` says what it saw.
 
@@ -125,6 +134,7 @@ __all__ = [
     "FieldViolation",
     "GatewayError",
     "InvalidArgument",
+    "UnknownSender",
     "WatcherTooSlow",
     "clean_title",
 ]

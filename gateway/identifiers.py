@@ -18,7 +18,10 @@ _WA_ID = re.compile(r"\+?([0-9]{6,15})")
 _HASH = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
 MAX_HASH_LENGTH = 128
 
+_SENDER = re.compile(r"[0-9]{6,15}")
+
 WA_ID_RULE = "must be 6 to 15 ASCII digits with an optional leading '+'"
+SENDER_RULE = "must be a business phone number: 6 to 15 ASCII digits, no '+' (empty: the default)"
 HASH_RULE = f"must be 1 to {MAX_HASH_LENGTH} characters of base64 or base64url, '=' padding allowed"
 
 
@@ -31,6 +34,18 @@ def normalized_wa_id(wa_id: str) -> str | None:
 def wa_id_violation(wa_id: str, field: str = "wa_id") -> FieldViolation | None:
     """Why ``wa_id`` is invalid, or None."""
     return FieldViolation(field, WA_ID_RULE) if normalized_wa_id(wa_id) is None else None
+
+
+def sender_violation(sender: str, field: str = "sender") -> FieldViolation | None:
+    """Why a request's ``sender`` is malformed, or None (empty means the default sender)."""
+    if sender and _SENDER.fullmatch(sender) is None:
+        return FieldViolation(field, SENDER_RULE)
+    return None
+
+
+def is_sender_number(value: str) -> bool:
+    """Whether ``value`` is a business phone number as a senders file must give it."""
+    return _SENDER.fullmatch(value) is not None
 
 
 def hash_violation(identity_hash: str, field: str = "hash") -> FieldViolation | None:

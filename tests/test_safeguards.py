@@ -171,7 +171,7 @@ async def gateway_with_breaker(
         safeguards=Safeguards(breaker=breaker, retry=RetryPolicy(max_attempts=1)),
     )
     async with (
-        GatewayServer(config, backend=backend) as server,
+        GatewayServer(config, backends={"": backend}) as server,
         grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
     ):
         yield Gateway(server, channel)

@@ -281,12 +281,15 @@ async def test_metrics_count_a_known_sequence_of_calls_exactly(
     assert value("identity_gateway_cache_bypasses_total") == 1
     assert value("identity_gateway_cache_entries") == 1
     upstream = "identity_gateway_upstream_requests_total"
-    assert value(upstream, (("operation", "GET"), ("status", "200"))) == 2
-    assert value(upstream, (("operation", "GET"), ("status", "404"))) == 1
-    assert value(upstream, (("operation", "PUT"), ("status", "200"))) == 1
-    assert value(upstream, (("operation", "login"), ("status", "200"))) == 1
-    assert value("identity_gateway_upstream_logins_total", (("outcome", "success"),)) == 1
-    assert value("identity_gateway_upstream_request_seconds_count", (("operation", "GET"),)) == 3
+    sender = ("sender", "default")  # flag mode's one sender
+    assert value(upstream, (("operation", "GET"), sender, ("status", "200"))) == 2
+    assert value(upstream, (("operation", "GET"), sender, ("status", "404"))) == 1
+    assert value(upstream, (("operation", "PUT"), sender, ("status", "200"))) == 1
+    assert value(upstream, (("operation", "login"), sender, ("status", "200"))) == 1
+    assert value("identity_gateway_upstream_logins_total", (("outcome", "success"), sender)) == 1
+    seconds = "identity_gateway_upstream_request_seconds_count"
+    assert value(seconds, (("operation", "GET"), sender)) == 3
+    assert value("identity_gateway_upstream_circuit_state", (sender,)) == 0
 
 
 async def _known_sequence(gateway: Gateway, known: str) -> None:

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from gateway.app.config import GatewayConfig
-from gateway.app.startup import onprem_backend, prepare
+from gateway.app.startup import build_backend, prepare
 from gateway.backends.base import Unobserved
 from gateway.backends.onprem.client import OnPremBackend
 from gateway.deadline import NO_DEADLINE
@@ -90,7 +90,8 @@ def backend_for(server: RawServer, **overrides: object) -> OnPremBackend:
     }
     settings.update(overrides)
     config = GatewayConfig(**settings)  # type: ignore[arg-type]
-    return onprem_backend(config, prepare(config), Unobserved())
+    [sender] = config.resolved_senders().senders
+    return build_backend(sender, config, prepare(config), Unobserved())
 
 
 async def answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -1,9 +1,19 @@
 """The bundled WhatsApp Business API emulator: a real HTTP server for tests, demos and development.
 
-It answers the upstream calls the gateway makes, with the paths of the on-premises API:
-``POST /v1/users/login`` (HTTP Basic auth, issues bearer tokens), and ``GET`` / ``PUT
-/v1/contacts/{wa_id}/identity`` (read and acknowledge an identity; bearer token required). It
-starts with :data:`DEMO_CONTACTS` and can serve every response variant the gateway must tolerate.
+It answers the upstream calls the gateway makes, with the paths of two upstreams over one store
+of contacts:
+
+- the on-premises API: ``POST /v1/users/login`` (HTTP Basic auth, issues bearer tokens), and
+  ``GET`` / ``PUT /v1/contacts/{wa_id}/identity`` (read and acknowledge an identity; bearer token
+  required; WhatsApp's error envelope, :func:`error_envelope`);
+- Infobip's identity API: ``GET`` / ``PUT /whatsapp/1/{sender}/contacts/{wa_id}/identity``
+  (``Authorization: App <api key>``, the key given as ``infobip_api_key``; ``createdAt`` in ISO
+  8601; ``204`` on acknowledge, ``409`` for a stale hash; Infobip's error envelope,
+  :func:`infobip_error_envelope`). Any digits-only ``sender`` is served, so one emulator stands
+  for several Infobip senders; all of them see the same contacts.
+
+It starts with :data:`DEMO_CONTACTS` and can serve every response variant the gateway must
+tolerate. Acknowledging through either API acknowledges the one stored identity.
 
 In tests, run it on a free port and script it through its state::
 
@@ -20,18 +30,25 @@ By hand, drive the same state through the control API under ``/_emulator/`` (JSO
     curl -X PUT localhost:9090/_emulator/contacts/16315551234 -d '{"hash": "Rc/eg9Rl0JA="}'
     curl -X POST localhost:9090/_emulator/faults -d '{"path": "/v1/*", "drop": true}'
     curl localhost:9090/_emulator/requests?method=PUT
+    curl -H 'Authorization: App infobip-dev-key' \\
+        localhost:9090/whatsapp/1/447860099299/contacts/16315551234/identity
 
 Control API: ``PUT|GET|DELETE /_emulator/contacts/{wa_id}``, ``POST|DELETE /_emulator/faults``,
 ``POST /_emulator/tokens/revoke``, ``GET|PUT /_emulator/settings``, ``GET|DELETE
 /_emulator/requests``, ``GET|DELETE /_emulator/webhooks`` and ``POST /_emulator/reset``. The JSON
 fields are those of :class:`Contact`, :class:`Fault` and :class:`Settings`; bad input gets
-``400 {"error": ...}``.
+``400 {"error": ...}``. Every path outside ``/_emulator/`` is upstream, on-premises or Infobip
+alike: recorded, then open to faults (whose ``status``/``json`` bodies are sent as they are, so a
+test can play an Infobip-shaped error too), then authenticated as its API does.
 
 With the ``webhook_url`` setting, the emulator plays the WhatsApp client's identity-change webhook:
 when a contact's identity changes (an existing contact gets a different hash, or a new contact is
 stored unacknowledged), it POSTs a ``user_identity_changed`` system message (see
 :func:`identity_changed_webhook`) to that URL in the background, one delivery at a time, in order,
-without retries. Each attempt is recorded as a :class:`WebhookDelivery`::
+without retries. With the ``webhook_secret`` setting too, each POST carries ``Authorization:
+Bearer <secret>``, as an on-premises client configured with a webhook secret sends it (the
+settings show a secret as ``"set"``, never its value). Each attempt is recorded as a
+:class:`WebhookDelivery`::
 
     curl -X PUT localhost:9090/_emulator/settings -d '{"webhook_url": "http://127.0.0.1:8081/webhook"}'
     curl -X PUT localhost:9090/_emulator/contacts/16315551234 -d '{"hash": "Su9l2C1YsAk="}'
@@ -66,11 +83,13 @@ from multidict import CIMultiDict
 from gateway.serving.appserver import AppServer
 
 __all__ = [
+    "DEFAULT_INFOBIP_API_KEY",
     "DEFAULT_PASSWORD",
     "DEFAULT_TOKEN_LIFETIME",
     "DEFAULT_USERNAME",
     "DEMO_CONTACTS",
     "ERROR_TITLES",
+    "INFOBIP_ERROR_TEXTS",
     "META",
     "Contact",
     "EmulatorState",
@@ -82,6 +101,7 @@ __all__ = [
     "create_app",
     "error_envelope",
     "identity_changed_webhook",
+    "infobip_error_envelope",
     "run_emulator",
 ]
 
@@ -115,11 +135,28 @@ ERROR_TITLES: Mapping[int, str] = MappingProxyType(
     }
 )
 
+# Infobip's error envelope: messageId -> its text. Infobip documents the envelope and the
+# statuses (400, 401, 403, 404, 409, 429, 500); the messageIds other than BAD_REQUEST and
+# UNAUTHORIZED, and every text but those two, are this emulator's choice.
+INFOBIP_ERROR_TEXTS: Mapping[str, str] = MappingProxyType(
+    {
+        "BAD_REQUEST": "Bad request",
+        "UNAUTHORIZED": "Invalid login details",
+        "FORBIDDEN": "Forbidden",
+        "NOT_FOUND": "Identity or recipient not found",
+        "CONFLICT": "Incorrect identity hash",
+        "TOO_MANY_REQUESTS": "Too many requests",
+        "GENERAL_ERROR": "Something went wrong. Please contact support.",
+    }
+)
+
 _LOGIN_PATH = "/v1/users/login"
+_INFOBIP_PREFIX = "/whatsapp/1/"
 _CONTROL_PREFIX = "/_emulator/"
 DEFAULT_USERNAME = "admin"
 DEFAULT_PASSWORD = "secret"
 DEFAULT_TOKEN_LIFETIME = 7 * 24 * 3600.0
+DEFAULT_INFOBIP_API_KEY = "infobip-dev-key"
 
 Shape = Literal["object", "array"]
 AcknowledgedAs = Literal["bool", "string"]
@@ -134,6 +171,8 @@ _SHUTDOWN_TIMEOUT = 1.0
 # A webhook receiver that does not answer in this time counts as a failed delivery.
 _WEBHOOK_TIMEOUT = 5.0
 _MAX_WEBHOOK_URL_LENGTH = 2048
+# The last millisecond of year 9999, the last a createdAt in ISO 8601 can name.
+_MAX_TIMESTAMP_MS = 253402300799999
 
 
 def error_envelope(code: int, details: str | None = None) -> dict[str, Any]:
@@ -142,6 +181,18 @@ def error_envelope(code: int, details: str | None = None) -> dict[str, Any]:
     if details is not None:
         error["details"] = details
     return {"errors": [error], "meta": dict(META)}
+
+
+def infobip_error_envelope(message_id: str, text: str | None = None) -> dict[str, Any]:
+    """Infobip's error body: ``{"requestError": {"serviceException": {messageId, text}}}``.
+
+    ``text`` defaults to the one :data:`INFOBIP_ERROR_TEXTS` gives ``message_id``::
+
+        Fault("/whatsapp/1/*", status=429, json=infobip_error_envelope("TOO_MANY_REQUESTS"))
+    """
+    if text is None:
+        text = INFOBIP_ERROR_TEXTS.get(message_id, "Something went wrong")
+    return {"requestError": {"serviceException": {"messageId": message_id, "text": text}}}
 
 
 def _require(condition: bool, message: str) -> None:
@@ -171,9 +222,10 @@ def _now_ms() -> int:
 class Contact:
     """A contact's identity as stored, plus the shape its ``GET`` answer takes.
 
-    ``shape``, ``acknowledged_as``, ``timestamp_as`` and ``meta`` pick the tolerated variants:
-    ``contacts`` as an object or a one-element array, ``acknowledged`` as a bool or a string,
-    ``created_timestamp`` (epoch ms) as an int or a numeric string, with or without ``meta``.
+    ``shape``, ``acknowledged_as``, ``timestamp_as`` and ``meta`` pick the tolerated variants
+    of the on-premises answer: ``contacts`` as an object or a one-element array, ``acknowledged``
+    as a bool or a string, ``created_timestamp`` (epoch ms, up to year 9999) as an int or a
+    numeric string, with or without ``meta``. Infobip's answer has one shape only.
     """
 
     hash: str
@@ -188,8 +240,9 @@ class Contact:
         # Checked at run time too: the control API builds contacts from untrusted JSON.
         _require(isinstance(self.hash, str) and self.hash != "", "hash must be a non-empty string")
         _require(
-            _is_int(self.created_timestamp) and self.created_timestamp >= 0,
-            "created_timestamp must be a non-negative integer (epoch milliseconds)",
+            _is_int(self.created_timestamp) and 0 <= self.created_timestamp <= _MAX_TIMESTAMP_MS,
+            "created_timestamp must be a non-negative integer (epoch milliseconds) "
+            "no later than year 9999",
         )
         _require(isinstance(self.acknowledged, bool), "acknowledged must be a boolean")
         _one_of(self.shape, Shape, "shape")
@@ -217,6 +270,20 @@ class Contact:
             body["meta"] = dict(META)
         return body
 
+    def infobip_identity_body(self) -> dict[str, Any]:
+        """The body of Infobip's ``GET /whatsapp/1/{sender}/contacts/{wa_id}/identity``, with
+        ``created_timestamp`` as ISO 8601 UTC to the millisecond::
+
+            {"acknowledged": true, "hash": "eU2Fdi4EMUw=", "createdAt": "2022-02-18T08:12:26.422Z"}
+        """
+        seconds, millis = divmod(self.created_timestamp, 1000)
+        created = dt.datetime.fromtimestamp(seconds, dt.UTC)
+        return {
+            "acknowledged": self.acknowledged,
+            "hash": self.hash,
+            "createdAt": f"{created:%Y-%m-%dT%H:%M:%S}.{millis:03d}Z",
+        }
+
 
 DEMO_CONTACTS: Mapping[str, Contact] = MappingProxyType(
     {
@@ -239,17 +306,40 @@ DEMO_CONTACTS: Mapping[str, Contact] = MappingProxyType(
     }
 )
 
-# What drop_mid_body, stall_after_headers and body_size send when the fault names no body.
-_SAMPLE_BODY = json.dumps(DEMO_CONTACTS["16315551234"].identity_body()).encode()
-_MALFORMED_BODY = _SAMPLE_BODY[: len(_SAMPLE_BODY) // 2]
-_PADDING_TEMPLATE = {**DEMO_CONTACTS["16315551234"].identity_body(), "padding": ""}
-_MIN_BODY_SIZE = len(json.dumps(_PADDING_TEMPLATE).encode())
+
+@dataclasses.dataclass(frozen=True)
+class _SampleAnswer:
+    """What drop_mid_body, stall_after_headers, malformed and body_size send when the fault
+    names no body: a valid identity answer of one API, cut, broken or padded."""
+
+    body: dict[str, Any]
+
+    @property
+    def whole(self) -> bytes:
+        return json.dumps(self.body).encode()
+
+    @property
+    def malformed(self) -> bytes:
+        return self.whole[: len(self.whole) // 2]
+
+    @property
+    def min_padded_size(self) -> int:
+        return len(json.dumps({**self.body, "padding": ""}).encode())
+
+    def padded(self, size: int) -> bytes:
+        """The answer padded to exactly ``size`` (>= :attr:`min_padded_size`) bytes of JSON."""
+        padding = "x" * (size - self.min_padded_size)
+        return json.dumps({**self.body, "padding": padding}).encode()
 
 
-def _padded_body(size: int) -> bytes:
-    """A valid identity answer padded to exactly ``size`` bytes of JSON."""
-    padding = "x" * (size - _MIN_BODY_SIZE)
-    return json.dumps({**_PADDING_TEMPLATE, "padding": padding}).encode()
+_ONPREM_SAMPLE = _SampleAnswer(DEMO_CONTACTS["16315551234"].identity_body())
+_INFOBIP_SAMPLE = _SampleAnswer(DEMO_CONTACTS["16315551234"].infobip_identity_body())
+_MIN_BODY_SIZE = max(_ONPREM_SAMPLE.min_padded_size, _INFOBIP_SAMPLE.min_padded_size)
+
+
+def _sample_answer(path: str) -> _SampleAnswer:
+    """The sample answer of the API a request path belongs to."""
+    return _INFOBIP_SAMPLE if path.startswith(_INFOBIP_PREFIX) else _ONPREM_SAMPLE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,6 +353,8 @@ class Fault:
     close); ``stall_after_headers`` for that many seconds (headers and one byte, then silence,
     then close); ``malformed`` (200 with invalid JSON); ``body_size`` (200 with valid JSON of
     exactly that many bytes). With none of those, the request is answered normally after the delay.
+    The bodies it makes up are identity answers in the shape of the path's API (on-premises or
+    Infobip); ``status`` with ``json`` sends that JSON as it is, in whichever API's envelope.
     """
 
     path: str
@@ -376,7 +468,12 @@ class Settings:
     ``password_change_required`` refuses logins (401, code 1024) until one sends ``new_password``.
     ``synthetic_contacts`` makes every unknown digit-only wa_id a known contact (benchmarks).
     ``webhook_url`` (http or https) receives a ``user_identity_changed`` webhook for every
-    identity change; None sends none.
+    identity change; None sends none. ``webhook_secret``, when set, goes with every webhook as
+    ``Authorization: Bearer <secret>``; it is left out of the repr, and the control API shows it
+    only as ``"set"`` or null (see :meth:`to_json`).
+
+    These settings shape the on-premises API only (login, tokens, acknowledge variants); the
+    Infobip API always answers as Infobip documents it.
     """
 
     login_mode: LoginMode = "ok"
@@ -387,6 +484,7 @@ class Settings:
     password_change_required: bool = False
     synthetic_contacts: bool = False
     webhook_url: str | None = None
+    webhook_secret: str | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         # Checked at run time too: the control API builds settings from untrusted JSON.
@@ -407,6 +505,34 @@ class Settings:
             self.webhook_url is None or _is_http_url(self.webhook_url),
             "webhook_url must be an http or https URL, or null",
         )
+        _require(
+            self.webhook_secret is None or _is_header_token(self.webhook_secret),
+            "webhook_secret must be a non-empty string of printable ASCII without spaces, or null",
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as the control API shows them: ``webhook_secret`` is ``"set"`` or null."""
+        shown = dataclasses.asdict(self)
+        shown["webhook_secret"] = None if self.webhook_secret is None else "set"
+        return shown
+
+
+def _is_header_token(value: object) -> bool:
+    """Whether ``value`` can follow ``Bearer`` in a header as it is."""
+    return (
+        isinstance(value, str)
+        and value != ""
+        and value.isascii()
+        and value.isprintable()
+        and not any(c.isspace() for c in value)
+    )
+
+
+def _check_infobip_api_key(api_key: object) -> None:
+    _require(
+        _is_header_token(api_key),
+        "infobip_api_key must be a non-empty string of printable ASCII without spaces",
+    )
 
 
 def _is_http_url(value: object) -> bool:
@@ -509,6 +635,8 @@ class EmulatorState:
     webhook deliveries.
 
     Only touch it from the event loop that serves the emulator (it has no locks).
+    ``infobip_api_key`` is the key Infobip's API wants after ``Authorization: App``; it, and
+    the ``webhook_url`` and ``webhook_secret`` given here, survive a :meth:`reset`.
     """
 
     def __init__(
@@ -518,10 +646,16 @@ class EmulatorState:
         token_lifetime: float = DEFAULT_TOKEN_LIFETIME,
         *,
         webhook_url: str | None = None,
+        webhook_secret: str | None = None,
+        infobip_api_key: str = DEFAULT_INFOBIP_API_KEY,
     ) -> None:
+        _check_infobip_api_key(infobip_api_key)
         self.username = username
         self._default_password = password
-        self._default_settings = Settings(token_lifetime=token_lifetime, webhook_url=webhook_url)
+        self._infobip_api_key = infobip_api_key
+        self._default_settings = Settings(
+            token_lifetime=token_lifetime, webhook_url=webhook_url, webhook_secret=webhook_secret
+        )
         self._tokens: dict[str, float] = {}  # token -> time.monotonic() at which it expires
         self._identity_listeners: list[IdentityListener] = []
         self.reset()
@@ -644,6 +778,12 @@ class EmulatorState:
             secrets.compare_digest(password.encode(), self._password.encode())
         )
 
+    def infobip_key_matches(self, api_key: str) -> bool:
+        """Whether the key an Infobip call sends after ``Authorization: App`` is right."""
+        # surrogatepass: a header's undecodable bytes never raise, and never match an ASCII key.
+        sent = api_key.encode("utf-8", "surrogatepass")
+        return secrets.compare_digest(sent, self._infobip_api_key.encode())
+
     def change_password(self, new_password: str) -> None:
         """Store a new password; a required password change is then done."""
         self._password = new_password
@@ -712,7 +852,8 @@ class EmulatorState:
         self._deliveries.clear()
 
 
-# The application: upstream front door (record, fault, auth), upstream endpoints, control API.
+# The application: upstream front door (record, fault, auth), on-premises endpoints, Infobip
+# endpoints, control API.
 
 _STATE = web.AppKey("state", EmulatorState)
 # Set when the server shuts down, so delays and stalls in flight end at once.
@@ -729,6 +870,9 @@ def create_app(state: EmulatorState) -> web.Application:
     app.router.add_post(_LOGIN_PATH, _login)
     app.router.add_get("/v1/contacts/{wa_id}/identity", _get_identity)
     app.router.add_put("/v1/contacts/{wa_id}/identity", _acknowledge_identity)
+    infobip_identity = _INFOBIP_PREFIX + "{sender}/contacts/{wa_id}/identity"
+    app.router.add_get(infobip_identity, _infobip_get_identity)
+    app.router.add_put(infobip_identity, _infobip_acknowledge_identity)
     control = _CONTROL_PREFIX.rstrip("/")
     app.router.add_put(control + "/contacts/{wa_id}", _control_set_contact)
     app.router.add_get(control + "/contacts/{wa_id}", _control_get_contact)
@@ -769,21 +913,36 @@ async def _webhook_sender(app: web.Application) -> AsyncIterator[None]:
             await sender.aclose()
 
 
+@dataclasses.dataclass(frozen=True)
+class _QueuedWebhook:
+    """A webhook waiting its turn, with the URL and secret in force when it was queued."""
+
+    url: str
+    payload: dict[str, Any]
+    secret: str | None = dataclasses.field(repr=False)
+
+
 class _WebhookSender:
-    """POSTs identity-change webhooks one at a time, in the order the changes happened."""
+    """POSTs identity-change webhooks one at a time, in the order the changes happened.
+
+    Each goes where ``webhook_url`` pointed, with the ``webhook_secret`` as a bearer token if one
+    was set, when the change happened: a later settings change does not redirect it.
+    """
 
     def __init__(self, state: EmulatorState, session: aiohttp.ClientSession) -> None:
         self._state = state
         self._session = session
-        self._queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self._queue: asyncio.Queue[_QueuedWebhook] = asyncio.Queue()
         self._worker = asyncio.create_task(self._deliver_in_order(), name="emulator webhooks")
 
     def identity_changed(self, wa_id: str, contact: Contact) -> None:
         """Queue the webhook for a change, if ``webhook_url`` is set; never blocks."""
-        url = self._state.settings.webhook_url
-        if url is not None:
+        settings = self._state.settings
+        if settings.webhook_url is not None:
             payload = identity_changed_webhook(wa_id, contact.hash, contact.created_timestamp)
-            self._queue.put_nowait((url, payload))
+            self._queue.put_nowait(
+                _QueuedWebhook(settings.webhook_url, payload, settings.webhook_secret)
+            )
 
     async def aclose(self) -> None:
         """Stop delivering; webhooks still queued are dropped."""
@@ -795,12 +954,14 @@ class _WebhookSender:
 
     async def _deliver_in_order(self) -> None:
         while True:
-            url, payload = await self._queue.get()
-            self._state.record_webhook_delivery(await self._deliver(url, payload))
+            webhook = await self._queue.get()
+            self._state.record_webhook_delivery(await self._deliver(webhook))
 
-    async def _deliver(self, url: str, payload: dict[str, Any]) -> WebhookDelivery:
+    async def _deliver(self, webhook: _QueuedWebhook) -> WebhookDelivery:
+        url, payload = webhook.url, webhook.payload
+        headers = {} if webhook.secret is None else {"Authorization": f"Bearer {webhook.secret}"}
         try:
-            async with self._session.post(url, json=payload) as response:
+            async with self._session.post(url, json=payload, headers=headers) as response:
                 await response.read()
         # Whatever goes wrong is the receiver's problem, to record, never the emulator's.
         except Exception as exc:
@@ -815,7 +976,10 @@ class _WebhookSender:
 
 @web.middleware
 async def _upstream_front_door(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Record every upstream request, play a matching fault, else check auth and route it."""
+    """Record every upstream request, play a matching fault, else check auth and route it.
+
+    Upstream is every path outside the control API: the on-premises paths and Infobip's alike.
+    """
     if request.path.startswith(_CONTROL_PREFIX):
         return await handler(request)
     state = request.app[_STATE]
@@ -826,9 +990,27 @@ async def _upstream_front_door(request: web.Request, handler: Handler) -> web.St
         response = await _play_fault(request, fault)
         if response is not None:
             return response
-    if request.path != _LOGIN_PATH and not state.token_valid(_bearer_token(request)):
-        return web.Response(status=401)
+    refusal = _refuse_unauthenticated(request, state)
+    if refusal is not None:
+        return refusal
     return await handler(request)
+
+
+def _refuse_unauthenticated(request: web.Request, state: EmulatorState) -> web.Response | None:
+    """The 401 a request gets from its API for missing or wrong credentials; None if it passes.
+
+    Login takes Basic credentials in its own handler; Infobip's paths want ``App <api key>``
+    (a 401 in Infobip's envelope); every other on-premises path a valid bearer token (a bare 401).
+    """
+    if request.path == _LOGIN_PATH:
+        return None
+    if request.path.startswith(_INFOBIP_PREFIX):
+        if state.infobip_key_matches(_credentials(request, "app")):
+            return None
+        return _infobip_error_response(401, "UNAUTHORIZED")
+    if state.token_valid(_credentials(request, "bearer")):
+        return None
+    return web.Response(status=401)
 
 
 async def _recorded(request: web.Request) -> RecordedRequest:
@@ -846,9 +1028,11 @@ async def _recorded(request: web.Request) -> RecordedRequest:
     )
 
 
-def _bearer_token(request: web.Request) -> str:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else ""
+def _credentials(request: web.Request, scheme: str) -> str:
+    """What follows ``scheme`` (lower case; matched in any case) in the Authorization header;
+    empty if the header is missing or names another scheme."""
+    sent_scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    return credentials.strip() if sent_scheme.lower() == scheme else ""
 
 
 async def _play_fault(request: web.Request, fault: Fault) -> web.StreamResponse | None:
@@ -859,18 +1043,19 @@ async def _play_fault(request: web.Request, fault: Fault) -> web.StreamResponse 
         _close_connection(request)
         # aiohttp's attempt to send this fails quietly on the closed transport.
         return web.Response()
+    sample = _sample_answer(request.path)
     if fault.drop_mid_body:
-        payload = fault.payload(_SAMPLE_BODY)
+        payload = fault.payload(sample.whole)
         return await _send_part_then_close(request, fault, payload, len(payload) // 2, hold=0.0)
     if fault.stall_after_headers is not None:
-        payload = fault.payload(_SAMPLE_BODY)
+        payload = fault.payload(sample.whole)
         return await _send_part_then_close(
             request, fault, payload, 1, hold=fault.stall_after_headers
         )
     if fault.malformed:
-        return web.Response(body=_MALFORMED_BODY, content_type="application/json")
+        return web.Response(body=sample.malformed, content_type="application/json")
     if fault.body_size is not None:
-        return web.Response(body=_padded_body(fault.body_size), content_type="application/json")
+        return web.Response(body=sample.padded(fault.body_size), content_type="application/json")
     if fault.status is not None:
         payload = fault.payload()
         return web.Response(
@@ -906,7 +1091,11 @@ def _error_response(status: int, code: int, details: str | None = None) -> web.R
     return web.json_response(error_envelope(code, details), status=status)
 
 
-# Upstream endpoints.
+def _infobip_error_response(status: int, message_id: str, text: str | None = None) -> web.Response:
+    return web.json_response(infobip_error_envelope(message_id, text), status=status)
+
+
+# On-premises endpoints.
 
 
 async def _login(request: web.Request) -> web.Response:
@@ -990,6 +1179,55 @@ async def _acknowledge_identity(request: web.Request) -> web.Response:
     )
 
 
+# Infobip endpoints: the front door has already checked the App key.
+
+
+def _infobip_contact(request: web.Request) -> tuple[str, Contact] | web.Response:
+    """The wa_id and contact an Infobip identity path names, or the error answer: 400 if the
+    sender or the wa_id is not digits only, 404 if the contact is unknown."""
+    sender, wa_id = request.match_info["sender"], request.match_info["wa_id"]
+    for name, number in (("sender", sender), ("user number", wa_id)):
+        if not (number.isascii() and number.isdigit()):
+            return _infobip_error_response(
+                400, "BAD_REQUEST", f"The {name} must be digits only, in international form"
+            )
+    contact = request.app[_STATE].identity(wa_id)
+    if contact is None:
+        return _infobip_error_response(404, "NOT_FOUND")
+    return wa_id, contact
+
+
+async def _infobip_get_identity(request: web.Request) -> web.Response:
+    """``GET /whatsapp/1/{sender}/contacts/{wa_id}/identity``: 200 with the contact's identity
+    (see :meth:`Contact.infobip_identity_body`), whichever digits-only sender asks."""
+    found = _infobip_contact(request)
+    if isinstance(found, web.Response):
+        return found
+    _, contact = found
+    return web.json_response(contact.infobip_identity_body())
+
+
+async def _infobip_acknowledge_identity(request: web.Request) -> web.Response:
+    """``PUT /whatsapp/1/{sender}/contacts/{wa_id}/identity`` with ``{"hash": "..."}``: 204 with
+    no body, the identity now acknowledged, when the hash is the contact's current one; 409 when
+    it is not; 400 when the body is not a JSON object with a non-empty string ``hash``."""
+    found = _infobip_contact(request)
+    if isinstance(found, web.Response):
+        return found
+    wa_id, contact = found
+    try:
+        body = json.loads(await request.text())
+    except ValueError:
+        return _infobip_error_response(400, "BAD_REQUEST", "A JSON body with hash is required")
+    sent = body.get("hash") if isinstance(body, dict) else None
+    if not isinstance(sent, str) or not sent:
+        return _infobip_error_response(400, "BAD_REQUEST", "hash is required")
+    if sent != contact.hash:
+        return _infobip_error_response(409, "CONFLICT")
+    request.app[_STATE].acknowledge(wa_id)
+    return web.Response(status=204)
+
+
 # Control API.
 
 
@@ -1057,7 +1295,7 @@ async def _control_revoke_tokens(request: web.Request) -> web.Response:
 
 
 async def _control_get_settings(request: web.Request) -> web.Response:
-    return web.json_response(dataclasses.asdict(request.app[_STATE].settings))
+    return web.json_response(request.app[_STATE].settings.to_json())
 
 
 async def _control_update_settings(request: web.Request) -> web.Response:
@@ -1066,7 +1304,7 @@ async def _control_update_settings(request: web.Request) -> web.Response:
         settings = request.app[_STATE].update_settings(**body)
     except (TypeError, ValueError) as exc:  # TypeError: an unknown setting
         raise _bad_request(str(exc)) from exc
-    return web.json_response(dataclasses.asdict(settings))
+    return web.json_response(settings.to_json())
 
 
 async def _control_requests(request: web.Request) -> web.Response:
@@ -1104,8 +1342,14 @@ class RunningEmulator(AppServer):
 
     ::
 
-        async with RunningEmulator(port=0) as emu:
+        async with RunningEmulator(port=0, infobip_api_key="k3y") as emu:
             await client.post(emu.url + "/v1/users/login", auth=("admin", "secret"))
+            await client.get(
+                emu.url + "/whatsapp/1/447860099299/contacts/16315551234/identity",
+                headers={"Authorization": "App k3y"},
+            )
+
+    The keyword arguments are those of :class:`EmulatorState`.
     """
 
     name = "WhatsApp API emulator"
@@ -1120,10 +1364,19 @@ class RunningEmulator(AppServer):
         *,
         token_lifetime: float = DEFAULT_TOKEN_LIFETIME,
         webhook_url: str | None = None,
+        webhook_secret: str | None = None,
+        infobip_api_key: str = DEFAULT_INFOBIP_API_KEY,
     ) -> None:
         # A short shutdown timeout: stalls wake on shutdown, and nothing here needs a grace.
         super().__init__(host, port, ssl_context=ssl_context, shutdown_timeout=_SHUTDOWN_TIMEOUT)
-        self.state = EmulatorState(username, password, token_lifetime, webhook_url=webhook_url)
+        self.state = EmulatorState(
+            username,
+            password,
+            token_lifetime,
+            webhook_url=webhook_url,
+            webhook_secret=webhook_secret,
+            infobip_api_key=infobip_api_key,
+        )
 
     def create_app(self) -> web.Application:
         return create_app(self.state)
@@ -1145,16 +1398,22 @@ async def run_emulator(
     keyfile: str | None = None,
     synthetic_contacts: bool = False,
     webhook_url: str | None = None,
+    webhook_secret: str | None = None,
+    infobip_api_key: str = DEFAULT_INFOBIP_API_KEY,
 ) -> None:
     """Serve the emulator until cancelled or sent SIGINT/SIGTERM, announcing it on stdout.
 
     With ``certfile`` (and ``keyfile`` unless the certificate file holds the key) it serves HTTPS.
-    With ``webhook_url`` it POSTs identity-change webhooks there (a reset keeps it); an invalid
-    URL raises ValueError before anything listens.
+    With ``webhook_url`` it POSTs identity-change webhooks there, with ``webhook_secret`` as a
+    bearer token if given (a reset keeps both). Infobip's API takes ``infobip_api_key``. An
+    invalid URL, secret or key raises ValueError before anything listens. The announcement shows
+    the demo password and API key, but never a chosen one, nor the webhook secret.
     """
     if keyfile is not None and certfile is None:
         raise ValueError("keyfile needs certfile")
-    Settings(webhook_url=webhook_url)  # raises ValueError for a bad URL
+    # Raise ValueError for a bad URL, secret or key.
+    Settings(webhook_url=webhook_url, webhook_secret=webhook_secret)
+    _check_infobip_api_key(infobip_api_key)
     ssl_context = None
     if certfile is not None:
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -1172,14 +1431,24 @@ async def run_emulator(
             ssl_context,
             token_lifetime=token_lifetime,
             webhook_url=webhook_url,
+            webhook_secret=webhook_secret,
+            infobip_api_key=infobip_api_key,
         ) as emulator:
             emulator.state.update_settings(synthetic_contacts=synthetic_contacts)
-            # Only the well-known demo password is shown; a chosen one stays private.
+            # Only the well-known demo password and key are shown; chosen ones stay private.
             shown = password if password == DEFAULT_PASSWORD else "<the configured password>"
+            shown_key = (
+                infobip_api_key
+                if infobip_api_key == DEFAULT_INFOBIP_API_KEY
+                else "<the configured key>"
+            )
             webhooks = f"; identity-change webhooks to {webhook_url}" if webhook_url else ""
+            if webhook_url and webhook_secret:
+                webhooks += " with the configured bearer secret"
             print(
                 f"WhatsApp API emulator listening on {emulator.url} "
-                f"(login {username} / {shown}; demo contacts {', '.join(DEMO_CONTACTS)}; "
+                f"(login {username} / {shown}; Infobip under {_INFOBIP_PREFIX} with App "
+                f"{shown_key}; demo contacts {', '.join(DEMO_CONTACTS)}; "
                 f"control API under {_CONTROL_PREFIX}{webhooks})",
                 flush=True,
             )

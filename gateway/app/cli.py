@@ -22,8 +22,10 @@ from typing import Any, NoReturn
 from gateway import __version__
 from gateway.app import settings
 from gateway.app.config import ConfigError, GatewayConfig, split_host_port
+from gateway.app.secrets import read_secret
+from gateway.app.senders import load_senders
 from gateway.app.settings import env_name
-from gateway.app.startup import prepare, read_policy, read_secret
+from gateway.app.startup import prepare, read_policy
 from gateway.telemetry.logs import configure_logging
 
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -106,9 +108,11 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Ga
     """The serve configuration from flags, then the environment, then defaults; secret files
     and the authorization policy are read here, once."""
     values = settings.read(args, environ)
+    senders_path = values["senders"]
+    senders = load_senders(senders_path, environ) if isinstance(senders_path, Path) else None
     password = _secret(values["upstream-password-file"], environ, "upstream-password")
     token = _secret(values["upstream-token-file"], environ, "upstream-token")
-    if values["upstream-username"] is None:
+    if senders is None and values["upstream-username"] is None:
         password = None  # a password alone means nothing; token mode ignores it
     policy_path = values["authz-policy"]
     config_values = {
@@ -122,6 +126,8 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Ga
         **config_values,
         upstream_password=password,
         upstream_token=token,
+        webhook_secret=_secret(values["webhook-secret-file"], environ, "webhook-secret"),
+        senders=senders,
         authz_policy=read_policy(policy_path) if isinstance(policy_path, Path) else None,
     )
 

@@ -11,11 +11,10 @@ rest of the gateway never sees a bad setting.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
-import urllib.parse
 from pathlib import Path
 
 from gateway.app import settings
+from gateway.app.senders import ONPREM, SenderConfig, Senders
 from gateway.app.settings import ConfigError, split_host_port
 from gateway.serving.policy import Policy
 
@@ -30,11 +29,12 @@ class GatewayConfig:
     Defaults and single-value checks come from :data:`gateway.app.settings.SETTINGS`; the
     checks that relate settings to each other are here.
 
-    Secrets (``upstream_password``, ``upstream_token``) are excluded from ``repr`` so the object
-    can be logged safely.
+    Secrets (``upstream_password``, ``upstream_token``, ``webhook_secret``, and every secret of
+    ``senders``) are excluded from ``repr`` so the object can be logged safely. Without
+    ``senders`` the ``upstream_*`` fields describe one On-Premises sender ("flag mode").
     """
 
-    upstream_url: str
+    upstream_url: str = ""
     listen: str = _d("listen")
     upstream_username: str | None = None
     upstream_password: str | None = dataclasses.field(default=None, repr=False)
@@ -57,6 +57,11 @@ class GatewayConfig:
     cache_backend: str = _d("cache-backend")
     cache_backend_timeout: float = _d("cache-backend-timeout")
     webhook_listen: str | None = None  # HOST:PORT of the WhatsApp webhook endpoint; None = off
+    webhook_secret: str | None = dataclasses.field(default=None, repr=False)  # flag mode's
+    webhook_allow_unauthenticated: bool = _d("webhook-allow-unauthenticated")
+    webhook_tls_cert: Path | None = None
+    webhook_tls_key: Path | None = None
+    senders: Senders | None = None  # from --senders; None: flag mode
     authz_policy: Policy | None = None  # caller authorization; None = every caller allowed
     shutdown_grace: float = _d("shutdown-grace")
     reflection: bool = _d("reflection")
@@ -64,27 +69,88 @@ class GatewayConfig:
     reuse_port: bool = False  # set for each of several workers sharing the port
 
     def __post_init__(self) -> None:
-        self._check_upstream_url()
-        self._check_credentials()
+        if self.senders is None:
+            self._check_upstream_url()
+            self._check_credentials()
+        else:
+            self._check_no_flag_mode_sender()
         for setting in settings.SETTINGS:
             if setting.in_config:
                 settings.check(setting, getattr(self, setting.field))
         self._check_listener_tls()
+        self._check_webhooks()
+
+    def resolved_senders(self) -> Senders:
+        """The senders served: the file's, or flag mode's one On-Premises sender (no number)."""
+        if self.senders is not None:
+            return self.senders
+        single = SenderConfig(
+            number="",
+            backend=ONPREM,
+            url=self.upstream_url,
+            username=self.upstream_username,
+            password=self.upstream_password,
+            token=self.upstream_token,
+            webhook_secret=self.webhook_secret,
+            ca_file=self.upstream_ca_file,
+            insecure=self.upstream_insecure,
+        )
+        return Senders((single,), default="")
+
+    def _check_no_flag_mode_sender(self) -> None:
+        """With --senders, the connection and credential flags would describe a second,
+        nameless sender: refuse them rather than guess."""
+        given = {
+            "--upstream-url": bool(self.upstream_url),
+            "--upstream-username": self.upstream_username is not None,
+            "IDENTITY_GATEWAY_UPSTREAM_PASSWORD (or --upstream-password-file)": (
+                self.upstream_password is not None
+            ),
+            "IDENTITY_GATEWAY_UPSTREAM_TOKEN (or --upstream-token-file)": (
+                self.upstream_token is not None
+            ),
+            "--upstream-ca-file": self.upstream_ca_file is not None,
+            "--upstream-insecure": self.upstream_insecure,
+            "IDENTITY_GATEWAY_WEBHOOK_SECRET (or --webhook-secret-file)": (
+                self.webhook_secret is not None
+            ),
+        }
+        for flag, present in given.items():
+            if present:
+                raise ConfigError(
+                    f"--senders and {flag} do not go together: with --senders, each sender's "
+                    "connection and secrets are in the senders file"
+                )
+
+    def _check_webhooks(self) -> None:
+        if (self.webhook_tls_cert is None) != (self.webhook_tls_key is None):
+            missing = "--webhook-tls-key" if self.webhook_tls_key is None else "--webhook-tls-cert"
+            raise ConfigError(
+                f"--webhook-tls-cert and --webhook-tls-key go together: {missing} is missing"
+            )
+        if self.webhook_listen is None or self.webhook_allow_unauthenticated:
+            return
+        for sender in self.resolved_senders().senders:
+            if sender.backend == ONPREM and sender.webhook_secret is None:
+                how = (
+                    f"set webhook_secret_env or webhook_secret_file for sender {sender.number} "
+                    "in the senders file"
+                    if sender.number
+                    else "set IDENTITY_GATEWAY_WEBHOOK_SECRET or --webhook-secret-file"
+                )
+                raise ConfigError(
+                    f"--webhook-listen: sender {sender.label} (onprem) has no webhook secret: "
+                    f"{how}, or pass --webhook-allow-unauthenticated"
+                )
 
     def _check_upstream_url(self) -> None:
         if not self.upstream_url:
-            raise ConfigError("--upstream-url is required (or IDENTITY_GATEWAY_UPSTREAM_URL)")
-        url = urllib.parse.urlsplit(self.upstream_url)
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise ConfigError("--upstream-url must be an https:// URL with a host")
-        try:
-            url.port  # noqa: B018 (parsing the port is the check)
-        except ValueError:
-            raise ConfigError("--upstream-url has an invalid port") from None
-        if url.username or url.password or url.query or url.fragment:
-            raise ConfigError("--upstream-url must not carry credentials, a query or a fragment")
-        if url.scheme == "http" and not _is_loopback(url.hostname):
-            raise ConfigError("--upstream-url must use https:// (http:// only for loopback hosts)")
+            raise ConfigError(
+                "--upstream-url is required (or IDENTITY_GATEWAY_UPSTREAM_URL), or --senders"
+            )
+        problem = settings.upstream_url_problem(self.upstream_url)
+        if problem is not None:
+            raise ConfigError(f"--upstream-url {problem}")
 
     def _check_credentials(self) -> None:
         if self.upstream_token is not None and self.upstream_username is not None:
@@ -129,20 +195,6 @@ class GatewayConfig:
     def login_mode(self) -> bool:
         """True when the gateway logs in with a username and password."""
         return self.upstream_username is not None
-
-    @property
-    def upstream_host(self) -> str:
-        """The upstream's host, for messages that must not carry the whole URL."""
-        return urllib.parse.urlsplit(self.upstream_url).hostname or ""
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _is_header_safe(value: str) -> bool:

@@ -21,6 +21,8 @@ import asyncio
 import contextlib
 import logging
 import signal
+import urllib.parse
+from collections.abc import Mapping
 from types import TracebackType
 
 import grpc
@@ -30,13 +32,16 @@ from prometheus_client import exposition
 from whatsapp.identity.v1 import identity_pb2
 
 from gateway.app.config import GatewayConfig, split_host_port
-from gateway.app.startup import Runtime, onprem_backend, prepare
+from gateway.app.senders import ONPREM, SenderConfig
+from gateway.app.startup import Runtime, build_backend, prepare
 from gateway.backends.base import Backend
+from gateway.backends.onprem.webhook import IdentityChangeReport
 from gateway.contract import SERVICE_NAME
 from gateway.serving.authz import Authorizer
 from gateway.serving.journal import RpcJournal
+from gateway.serving.routes import Routes
 from gateway.serving.servicer import IdentityServicer, add_to_server
-from gateway.serving.webhooks import IdentityChangeReport, WebhookServer
+from gateway.serving.webhooks import WebhookSender, WebhookServer
 from gateway.store.cache import IdentityCache, IdentityStore, MemoryStore
 from gateway.store.changes import ChangeBus
 from gateway.store.redis_store import RedisIdentityStore
@@ -54,7 +59,8 @@ class GatewayServer:
     """One gateway: its gRPC server, backend, store, health and metrics.
 
     ``runtime`` is what :func:`~gateway.app.startup.prepare` read from the configuration's
-    files (read now when not given); ``backend`` replaces the one the configuration describes.
+    files (read now when not given); ``backends`` (by sender number, "" in flag mode) replace
+    the ones the configuration describes.
     """
 
     def __init__(
@@ -62,12 +68,21 @@ class GatewayServer:
         config: GatewayConfig,
         *,
         runtime: Runtime | None = None,
-        backend: Backend | None = None,
+        backends: Mapping[str, Backend] | None = None,
     ) -> None:
         self.config = config
         self.runtime = runtime or prepare(config)
         self.metrics = Metrics()
-        self.backend: Backend = backend or onprem_backend(config, self.runtime, self.metrics)
+        self.senders = config.resolved_senders()
+        if backends is None:
+            secrets = self.senders.secrets
+            backends = {
+                sender.number: build_backend(
+                    sender, config, self.runtime, self.metrics.sender(sender.label), secrets
+                )
+                for sender in self.senders.senders
+            }
+        self.routes = Routes(backends, self.senders.default)
         self.health = health.aio.HealthServicer()
         self._server = grpc.aio.server(
             options=[
@@ -103,7 +118,7 @@ class GatewayServer:
         cache = self.cache
         self.metrics.cache_entries.set_function(lambda: len(cache) if cache is not None else 0)
         self._servicer = IdentityServicer(
-            self.backend,
+            self.routes,
             store,
             self.journal,
             authorizer,
@@ -144,7 +159,19 @@ class GatewayServer:
             )
         if self.config.webhook_listen is not None:
             host, port = split_host_port(self.config.webhook_listen, "--webhook-listen")
-            self._webhooks = WebhookServer(host, port, self._on_webhook)
+            takers = {
+                sender.number: WebhookSender(sender.number, sender.webhook_secret)
+                for sender in self.senders.senders
+                if sender.backend == ONPREM
+            }
+            self._webhooks = WebhookServer(
+                host,
+                port,
+                self._on_webhook,
+                senders=takers,
+                default=self.senders.default,
+                ssl_context=self.runtime.webhook_tls,
+            )
             await self._webhooks.__aenter__()
         if self.redis is not None:
             self.changes.attach(self.redis)  # changes fan out to every replica
@@ -174,7 +201,7 @@ class GatewayServer:
             await asyncio.wait_for(self._drained(), grace)
         await self._server.stop(0)  # cancel whatever is left
         await stopping
-        await self.backend.aclose()
+        await self.routes.aclose()
         if self.redis is not None:
             await self.redis.aclose()
         if self._journal_task is not None:  # the last RPCs' metrics and lines
@@ -194,9 +221,10 @@ class GatewayServer:
         """The port of the webhook endpoint, when --webhook-listen is set."""
         return self._webhooks.port if self._webhooks is not None else None
 
-    async def _on_webhook(self, reports: list[IdentityChangeReport]) -> None:
+    async def _on_webhook(self, sender: str, reports: list[IdentityChangeReport]) -> None:
         for report in reports:
             await self._servicer.record_identity_change(
+                sender,
                 report.wa_id,
                 report.hash,
                 report.create_time_ms,
@@ -237,6 +265,12 @@ async def serve(config: GatewayConfig, runtime: Runtime | None = None) -> None:
     gateway = GatewayServer(config, runtime=runtime)
     if config.upstream_insecure:
         log.warning("TLS verification of the WhatsApp API is OFF (--upstream-insecure)")
+    if config.webhook_listen is not None and config.webhook_allow_unauthenticated:
+        log.warning(
+            "webhooks are accepted without authentication (--webhook-allow-unauthenticated): "
+            "anyone who reaches %s can report identity changes",
+            config.webhook_listen,
+        )
     await gateway.start()
     log.info(
         "serving",
@@ -245,10 +279,11 @@ async def serve(config: GatewayConfig, runtime: Runtime | None = None) -> None:
                 "listen": config.listen,
                 "port": gateway.port,
                 "listener": config.listener_security,
-                "upstream_host": config.upstream_host,
-                "auth": "login" if config.login_mode else "token",
+                "senders": [_describe(sender) for sender in gateway.senders.senders],
+                "default_sender": gateway.senders.default or None,
                 "cache_ttl": config.cache_ttl,
                 "metrics_listen": config.metrics_listen,
+                "webhook_listen": config.webhook_listen,
             }
         },
     )
@@ -274,3 +309,14 @@ async def serve(config: GatewayConfig, runtime: Runtime | None = None) -> None:
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+
+
+def _describe(sender: SenderConfig) -> dict[str, str | None]:
+    """What the start-up line says of a sender: never a secret, never the URL's path."""
+    auth = "api_key" if sender.api_key else "login" if sender.username else "token"
+    return {
+        "number": sender.number or None,
+        "backend": sender.backend,
+        "upstream_host": urllib.parse.urlsplit(sender.url).hostname,
+        "auth": auth,
+    }

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import math
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -45,6 +46,32 @@ def split_host_port(address: str, flag: str) -> tuple[str, int]:
     if not sep or not host or not port.isascii() or not port.isdigit() or int(port) > 65535:
         raise ConfigError(f"{flag} must be HOST:PORT, got {address!r}")
     return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def upstream_url_problem(url: str) -> str | None:
+    """What is wrong with an upstream base URL ("must be ..."), or None: ``https://`` with a
+    host, or ``http://`` to a loopback host only; no credentials, query or fragment."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an https:// URL with a host"
+    try:
+        parts.port  # noqa: B018 (parsing the port is the check)
+    except ValueError:
+        return "has an invalid port"
+    if parts.username or parts.password or parts.query or parts.fragment:
+        return "must not carry credentials, a query or a fragment"
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        return "must use https:// (http:// only for loopback hosts)"
+    return None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # A check returns what is wrong with a value ("must be ..."), or None when it is right.
@@ -116,6 +143,16 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("listen", str, "[::]:50051", "gRPC listen address", "HOST:PORT", check=_host_port),
+    Setting(
+        "senders",
+        Path,
+        None,
+        "TOML file of the business numbers served and the upstream behind each (see "
+        "[Senders](#senders)); with it, the `--upstream-*` connection flags are refused",
+        "PATH",
+        "none: the flags describe one `onprem` sender",
+        in_config=False,
+    ),
     Setting(
         "upstream-url",
         str,
@@ -290,6 +327,38 @@ SETTINGS: tuple[Setting, ...] = (
         check=_host_port,
     ),
     Setting(
+        "webhook-secret-file",
+        Path,
+        None,
+        "file holding the On-Premises webhook's secret (flag mode; with `--senders`, each "
+        "sender's `webhook_secret_env` or `webhook_secret_file`)",
+        "PATH",
+        "none",
+        in_config=False,
+    ),
+    Setting(
+        "webhook-allow-unauthenticated",
+        bool,
+        False,
+        "accept On-Premises webhooks without a secret; logged as a warning at start",
+    ),
+    Setting(
+        "webhook-tls-cert",
+        Path,
+        None,
+        "PEM certificate chain for the webhook listener; with `--webhook-tls-key` it speaks HTTPS",
+        "PATH",
+        "off (plain HTTP)",
+    ),
+    Setting(
+        "webhook-tls-key",
+        Path,
+        None,
+        "unencrypted PEM private key matching `--webhook-tls-cert`",
+        "PATH",
+        "none",
+    ),
+    Setting(
         "tls-cert",
         Path,
         None,
@@ -316,6 +385,7 @@ BY_FLAG: Mapping[str, Setting] = {setting.flag: setting for setting in SETTINGS}
 SECRET_VARIABLES: tuple[tuple[str, str], ...] = (
     ("upstream-password", "the login password itself"),
     ("upstream-token", "the static bearer token itself"),
+    ("webhook-secret", "the On-Premises webhook's secret itself (flag mode)"),
 )
 
 

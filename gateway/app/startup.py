@@ -14,11 +14,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import ssl
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from gateway.app.config import ConfigError, GatewayConfig
-from gateway.backends.base import BackendObserver
+from gateway.app.senders import INFOBIP, SenderConfig
+from gateway.backends.base import Backend, BackendObserver
 from gateway.backends.http import HttpUpstream, aiohttp_transport, tls_verification
+from gateway.backends.infobip.client import DEFAULT_BURST as INFOBIP_BURST
+from gateway.backends.infobip.client import DEFAULT_RATE_LIMIT as INFOBIP_RATE_LIMIT
+from gateway.backends.infobip.client import InfobipBackend
 from gateway.backends.onprem.client import OnPremBackend
 from gateway.backends.safeguards import BreakerState, Safeguards
 from gateway.serving.policy import Policy, PolicyError, load_policy
@@ -39,31 +44,105 @@ class ListenerTls:
 class Runtime:
     """What the configuration's files hold, ready to use."""
 
-    upstream_tls: ssl.SSLContext | bool  # False: --upstream-insecure
+    upstream_tls: Mapping[str, ssl.SSLContext | bool]  # by sender number; False: insecure
     listener_tls: ListenerTls | None  # None: plaintext
+    webhook_tls: ssl.SSLContext | None = None  # None: the webhook listener is plain HTTP
 
 
 def prepare(config: GatewayConfig) -> Runtime:
-    """Read the CA bundle and the listener's certificate, key and client CA; check them."""
-    try:
-        upstream_tls = tls_verification(config.upstream_ca_file, config.upstream_insecure)
-    except (OSError, ssl.SSLError) as error:
-        raise ConfigError(
-            f"--upstream-ca-file {config.upstream_ca_file} is unreadable: {error}"
-        ) from None
-    return Runtime(upstream_tls, _listener_tls(config))
+    """Read every sender's CA bundle, the listener's certificate, key and client CA, and the
+    webhook listener's certificate and key; check them."""
+    upstream_tls: dict[str, ssl.SSLContext | bool] = {}
+    for sender in config.resolved_senders().senders:
+        try:
+            upstream_tls[sender.number] = tls_verification(sender.ca_file, sender.insecure)
+        except (OSError, ssl.SSLError) as error:
+            where = (
+                f"--senders: sender {sender.number}: key 'ca_file':"
+                if sender.number
+                else "--upstream-ca-file"
+            )
+            raise ConfigError(f"{where} {sender.ca_file} is unreadable: {error}") from None
+    return Runtime(upstream_tls, _listener_tls(config), _webhook_tls(config))
 
 
-def read_secret(path: Path) -> str:
-    """A secret from its file, less the line ending an editor adds (spaces may belong to it)."""
-    try:
-        value = path.read_text(encoding="utf-8").rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as error:
-        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
-        raise ConfigError(f"cannot read the secret file {path}: {reason}") from None
-    if not value.strip():
-        raise ConfigError(f"the secret file {path} is empty")
-    return value
+def build_backend(
+    sender: SenderConfig,
+    config: GatewayConfig,
+    runtime: Runtime,
+    observer: BackendObserver,
+    secrets: Sequence[str] = (),
+) -> Backend:
+    """The backend of one sender, with its own connection pool and safeguards (breaker, retry
+    budget, admission, pacing): a failing sender never slows or trips another.
+
+    ``secrets`` (every configured secret) are redacted from upstream text it passes on.
+    """
+
+    def breaker_changed(old: BreakerState, new: BreakerState) -> None:
+        level = logging.ERROR if new is BreakerState.OPEN else logging.WARNING
+        log.log(
+            level, "upstream circuit breaker of sender %s: %s -> %s", sender.label, old.name,
+            new.name,
+        )  # fmt: skip
+        observer.breaker_changed(new.value)
+
+    rate, burst = pace_of(sender, config)
+    safeguards = Safeguards.configured(
+        retries=config.upstream_retries,
+        rate_limit=rate,
+        burst=burst,
+        max_in_flight=config.upstream_max_in_flight,
+        max_waiting=config.upstream_max_waiting,
+        observer=observer,
+        on_breaker_change=breaker_changed,
+    )
+    # No more connections than requests admitted at once: the queue is kept in front of the
+    # pool, where it is bounded (--upstream-max-waiting).
+    transport = aiohttp_transport(
+        max_connections=config.upstream_max_in_flight, verify=runtime.upstream_tls[sender.number]
+    )
+    if sender.backend == INFOBIP:
+        assert sender.api_key is not None
+        upstream = HttpUpstream(
+            transport,
+            base_url=sender.url,
+            request_timeout=config.upstream_timeout,
+            name="Infobip API",
+            observer=observer,
+            secrets=secrets,
+        )
+        return InfobipBackend(
+            upstream, sender=sender.number, api_key=sender.api_key, safeguards=safeguards
+        )
+    upstream = HttpUpstream(
+        transport,
+        base_url=sender.url,
+        request_timeout=config.upstream_timeout,
+        observer=observer,
+        secrets=secrets,
+    )
+    return OnPremBackend(
+        upstream,
+        username=sender.username,
+        password=sender.password,
+        token=sender.token,
+        safeguards=safeguards,
+    )
+
+
+def pace_of(sender: SenderConfig, config: GatewayConfig) -> tuple[float, int]:
+    """A sender's pacing (requests/s, burst): its own ``rate_limit``, else the flags; an
+    Infobip sender at most Infobip's documented 10 requests/s (bursts of 10) unless its
+    ``rate_limit`` says otherwise."""
+    if sender.rate_limit is not None:
+        return sender.rate_limit, config.upstream_burst
+    if sender.backend == INFOBIP:
+        return (
+            min(config.upstream_rate_limit, INFOBIP_RATE_LIMIT),
+            min(config.upstream_burst, INFOBIP_BURST),
+        )
+    return config.upstream_rate_limit, config.upstream_burst
 
 
 def read_policy(path: Path) -> Policy:
@@ -72,45 +151,6 @@ def read_policy(path: Path) -> Policy:
         return load_policy(path)
     except PolicyError as error:
         raise ConfigError(f"--authz-policy {path}: {error}") from None
-
-
-def onprem_backend(
-    config: GatewayConfig, runtime: Runtime, observer: BackendObserver
-) -> OnPremBackend:
-    """The On-Premises backend the configuration describes, with its own connection pool."""
-
-    def breaker_changed(old: BreakerState, new: BreakerState) -> None:
-        level = logging.ERROR if new is BreakerState.OPEN else logging.WARNING
-        log.log(level, "upstream circuit breaker: %s -> %s", old.name, new.name)
-        observer.breaker_changed(new.value)
-
-    # No more connections than requests admitted at once: the queue is kept in front of the
-    # pool, where it is bounded (--upstream-max-waiting).
-    transport = aiohttp_transport(
-        max_connections=config.upstream_max_in_flight, verify=runtime.upstream_tls
-    )
-    upstream = HttpUpstream(
-        transport,
-        base_url=config.upstream_url,
-        request_timeout=config.upstream_timeout,
-        observer=observer,
-    )
-    safeguards = Safeguards.configured(
-        retries=config.upstream_retries,
-        rate_limit=config.upstream_rate_limit,
-        burst=config.upstream_burst,
-        max_in_flight=config.upstream_max_in_flight,
-        max_waiting=config.upstream_max_waiting,
-        observer=observer,
-        on_breaker_change=breaker_changed,
-    )
-    return OnPremBackend(
-        upstream,
-        username=config.upstream_username,
-        password=config.upstream_password,
-        token=config.upstream_token,
-        safeguards=safeguards,
-    )
 
 
 class _EncryptedKey(Exception):
@@ -170,3 +210,26 @@ def _listener_tls(config: GatewayConfig) -> ListenerTls | None:
                 f"--tls-client-ca {config.tls_client_ca} holds no PEM certificate"
             ) from None
     return ListenerTls(key, chain, client_ca)
+
+
+def _webhook_tls(config: GatewayConfig) -> ssl.SSLContext | None:
+    """The webhook listener's server TLS context, or None for plain HTTP."""
+    if config.webhook_tls_cert is None or config.webhook_tls_key is None:
+        return None
+    _read_file(config.webhook_tls_cert, "--webhook-tls-cert")
+    _read_file(config.webhook_tls_key, "--webhook-tls-key")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(
+            str(config.webhook_tls_cert), str(config.webhook_tls_key), password=_refuse_passphrase
+        )
+    except _EncryptedKey:
+        raise ConfigError(
+            f"--webhook-tls-key {config.webhook_tls_key} is encrypted; give it unencrypted"
+        ) from None
+    except (OSError, ssl.SSLError):
+        raise ConfigError(
+            f"--webhook-tls-cert {config.webhook_tls_cert} and --webhook-tls-key "
+            f"{config.webhook_tls_key} are not a PEM certificate and its matching key"
+        ) from None
+    return context

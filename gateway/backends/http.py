@@ -24,7 +24,7 @@ import dataclasses
 import os
 import ssl
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import aiohttp
@@ -32,7 +32,7 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from gateway.backends.base import BackendObserver, Unobserved
-from gateway.failures import BackendFailure, Failure
+from gateway.failures import BackendFailure, Failure, clean_title
 
 # No identity answer comes near this; a larger body is a broken or hostile upstream.
 MAX_RESPONSE_BYTES = 1 << 20
@@ -77,6 +77,8 @@ class HttpUpstream:
     """Sends requests to one upstream base URL and reads their capped answers.
 
     ``name`` is how callers' messages call the upstream ("WhatsApp API unreachable: ...").
+    ``secrets`` are every credential the gateway is configured with: :meth:`safe_text` removes
+    them from upstream text before it reaches a caller or a log.
     """
 
     def __init__(
@@ -87,6 +89,7 @@ class HttpUpstream:
         request_timeout: float,
         name: str = "WhatsApp API",
         observer: BackendObserver | None = None,
+        secrets: Iterable[str] = (),
     ) -> None:
         self._transport = transport
         # Paths are absolute ("/v1/..."), appended to the base URL's own path, as httpx does.
@@ -95,10 +98,21 @@ class HttpUpstream:
         self._timeouts = httpx.Timeout(request_timeout).as_dict()
         self.name = name
         self.observer: BackendObserver = observer or Unobserved()
+        # Longest first, so a secret containing another is removed whole.
+        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
 
     async def aclose(self) -> None:
         """Close every pooled connection."""
         await self._transport.aclose()
+
+    def safe_text(self, text: str | None) -> str:
+        """Upstream text (an error title) fit for a caller or a log: every configured secret
+        replaced by ``[redacted]``, then printable ASCII of bounded length."""
+        if not text:
+            return ""
+        for secret in self._secrets:
+            text = text.replace(secret, "[redacted]")
+        return clean_title(text)
 
     def bad_answer(self, reason: str, status: int | None = None) -> BackendFailure:
         """A success status whose body cannot be used."""

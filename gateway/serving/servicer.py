@@ -26,7 +26,7 @@ from google.protobuf.message import Message
 from grpc_status import rpc_status
 from whatsapp.identity.v1 import identity_pb2, identity_pb2_grpc
 
-from gateway.backends.base import Backend, UpstreamIdentity
+from gateway.backends.base import UpstreamIdentity
 from gateway.contract import SERVICE_NAME
 from gateway.deadline import Deadline
 from gateway.failures import BackendFailure, Failure, FieldViolation, InvalidArgument
@@ -34,8 +34,9 @@ from gateway.serving.authz import Authorizer, Caller, PermissionDenied, audit_ac
 from gateway.serving.decoding import Undecodable, decoder
 from gateway.serving.hit_path import CacheHitPath
 from gateway.serving.journal import JournalEntry, RpcJournal
+from gateway.serving.routes import Route, Routes, key_prefix
 from gateway.serving.status import Reason, rule_for, to_status
-from gateway.serving.validation import normalize_wa_id, validate_acknowledge
+from gateway.serving.validation import normalize_wa_id, validate_acknowledge, validate_get
 from gateway.store.cache import IdentityStore
 from gateway.store.changes import ChangeBus
 from gateway.store.fence import ReadFence
@@ -97,13 +98,13 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
 
     def __init__(
         self,
-        backend: Backend,
+        routes: Routes,
         store: IdentityStore,
         journal: RpcJournal,
         authorizer: Authorizer | None = None,
         changes: ChangeBus | None = None,
     ) -> None:
-        self._backend = backend
+        self._routes = routes
         self._store = store
         self.changes = changes or ChangeBus()
         self._journal = journal
@@ -115,11 +116,17 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         # A change announced on another replica (an acknowledge, a report, a webhook, a read
         # that found a new hash) overtakes this replica's reads in flight, as one made here
         # does; it is known a pub/sub hop later.
-        self.changes.on_remote_change(lambda change: self._fence.changed(change.identity.wa_id))
+        self.changes.on_remote_change(
+            lambda change: self._fence.changed(
+                key_prefix(change.identity.sender) + change.identity.wa_id
+            )
+        )
         self._in_flight = 0
         self._idle: asyncio.Event | None = None  # created when draining starts
         # Where its preconditions hold, cache hits are answered before the full path.
-        self.hits = CacheHitPath.install(store, authorizer, journal, self._get_full)
+        self.hits = CacheHitPath.install(
+            store, authorizer, journal, routes.prefixes, self._get_full
+        )
 
     @property
     def idle(self) -> bool:
@@ -169,13 +176,14 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         context: grpc.aio.ServicerContext,
         record: RpcRecord,
     ) -> bytes:
-        wa_id = record.wa_id = normalize_wa_id(request.wa_id)
+        wa_id = record.wa_id = validate_get(request.wa_id, request.sender)
+        route = self._routes.resolve(request.sender)
         deadline = Deadline.after(context.time_remaining())
         if request.bypass_cache:
             record.cache = "bypass"
             async with deadline.bound():
-                return await self._fetch(wa_id, record, deadline, compare_with_cache=True)
-        cached = await self._store.get_fresh(wa_id)
+                return await self._fetch(route, wa_id, record, deadline, compare_with_cache=True)
+        cached = await self._store.get_fresh(route.key(wa_id))
         if cached is not None:
             record.cache = "hit"
             return cached
@@ -183,8 +191,8 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         # Each caller stops waiting at its own deadline; the shared read runs against the
         # latest of theirs, and is abandoned when the last caller has gone.
         response, joined = await self._flights.run(
-            wa_id,
-            lambda shared: self._fetch(wa_id, record, shared, compare_with_cache=False),
+            route.key(wa_id),
+            lambda shared: self._fetch(route, wa_id, record, shared, compare_with_cache=False),
             deadline,
         )
         if joined:
@@ -192,7 +200,13 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         return response
 
     async def _fetch(
-        self, wa_id: str, record: RpcRecord, deadline: Deadline, *, compare_with_cache: bool
+        self,
+        route: Route,
+        wa_id: str,
+        record: RpcRecord,
+        deadline: Deadline,
+        *,
+        compare_with_cache: bool,
     ) -> bytes:
         """Read WhatsApp, cache the answer a later hit will send, return this call's answer
         (serialized once, however many callers share it).
@@ -202,22 +216,23 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         cache empty, so it does not ask the store again. A read overtaken by an acknowledge or
         a reported change (:class:`~gateway.store.fence.ReadFence`) is answered but not cached.
         """
-        with self._fence.reading(wa_id) as read:
+        key = route.key(wa_id)
+        with self._fence.reading(key) as read:
             try:
-                identity = await self._backend.get_identity(
+                identity = await route.backend.get_identity(
                     wa_id, deadline=deadline, trace=record.trace
                 )
             except BackendFailure as failure:
                 if failure.kind is Failure.NOT_FOUND:
-                    await self._store.invalidate(wa_id)
+                    await self._store.invalidate(key)
                 raise
             record.upstream_status = 200
             fetched_at = time.time()
-            response = _response(wa_id, identity, fetched_at)
-            previous = await self._store.get_fresh(wa_id) if compare_with_cache else None
+            response = _response(route.number, wa_id, identity, fetched_at)
+            previous = await self._store.get_fresh(key) if compare_with_cache else None
             if not read.overtaken:
                 response.cache_hit = True
-                await self._store.put(wa_id, response.SerializeToString())
+                await self._store.put(key, response.SerializeToString())
                 response.cache_hit = False
                 if previous is not None and _cached_identity(previous).hash != identity.hash:
                     self._announce(
@@ -232,20 +247,24 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         context: grpc.aio.ServicerContext,
         record: RpcRecord,
     ) -> identity_pb2.AcknowledgeIdentityResponse:
-        wa_id = record.wa_id = validate_acknowledge(request.wa_id, request.hash)
+        wa_id = record.wa_id = validate_acknowledge(request.wa_id, request.hash, request.sender)
+        route = self._routes.resolve(request.sender)
+        key = route.key(wa_id)
         deadline = Deadline.after(context.time_remaining())
         try:
             async with deadline.bound():
-                record.upstream_status = await self._backend.acknowledge(
+                record.upstream_status = await route.backend.acknowledge(
                     wa_id, request.hash, deadline=deadline, trace=record.trace
                 )
         except BackendFailure as failure:
             # The cached hash may be the stale one the caller sent: make the next read fresh.
             if failure.kind in (Failure.HASH_MISMATCH, Failure.NOT_FOUND):
-                await self._store.invalidate(wa_id)
+                await self._store.invalidate(key)
             raise
-        self._fence.changed(wa_id)
-        identity = identity_pb2.Identity(wa_id=wa_id, hash=request.hash, acknowledged=True)
+        self._fence.changed(key)
+        identity = identity_pb2.Identity(
+            wa_id=wa_id, hash=request.hash, acknowledged=True, sender=route.number
+        )
 
         def acknowledge_cached(payload: bytes) -> bytes | None:
             """The cached answer, marked acknowledged; None (drop it) if it holds another hash."""
@@ -257,7 +276,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             serialized: bytes = cached.SerializeToString()
             return serialized
 
-        await self._store.update(wa_id, acknowledge_cached)
+        await self._store.update(key, acknowledge_cached)
         self._announce(identity, identity_pb2.IDENTITY_CHANGE_SOURCE_ACKNOWLEDGE, time.time())
         return _ACK_RESPONSE
 
@@ -267,30 +286,34 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         context: grpc.aio.ServicerContext,
         record: RpcRecord,
     ) -> identity_pb2.ReportIdentityChangeResponse:
-        wa_id = record.wa_id = validate_acknowledge(request.wa_id, request.hash)
+        wa_id = record.wa_id = validate_acknowledge(request.wa_id, request.hash, request.sender)
+        route = self._routes.resolve(request.sender)
         create_ms = None
         if request.HasField("create_time"):
             create_ms = request.create_time.ToMilliseconds()
         await self.record_identity_change(
-            wa_id, request.hash, create_ms, identity_pb2.IDENTITY_CHANGE_SOURCE_REPORT
+            route.number, wa_id, request.hash, create_ms, identity_pb2.IDENTITY_CHANGE_SOURCE_REPORT
         )
         return _REPORT_RESPONSE
 
     async def record_identity_change(
-        self, wa_id: str, identity_hash: str, create_ms: int | None, source: int
+        self, sender: str, wa_id: str, identity_hash: str, create_ms: int | None, source: int
     ) -> None:
-        """A change WhatsApp pushed (webhook or report): cache it unacknowledged, announce it.
+        """A change WhatsApp pushed (webhook or report) through ``sender`` (a number served, or
+        "" for the default): cache it unacknowledged, announce it.
 
         Without the time WhatsApp detected it, the time the gateway learned of it stands in.
         """
+        route = self._routes.resolve(sender)
         now = time.time()
         identity = UpstreamIdentity(
             identity_hash, create_ms if create_ms is not None else int(now * 1000), False
         )
-        response = _response(wa_id, identity, now)
+        response = _response(route.number, wa_id, identity, now)
         response.cache_hit = True
-        self._fence.changed(wa_id)
-        await self._store.put(wa_id, response.SerializeToString())
+        key = route.key(wa_id)
+        self._fence.changed(key)
+        await self._store.put(key, response.SerializeToString())
         self._announce(response.identity, source, now)
 
     async def _watch(
@@ -302,7 +325,8 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         if len(request.wa_ids) > MAX_WATCH_FILTER:
             raise InvalidArgument([FieldViolation("wa_ids", f"at most {MAX_WATCH_FILTER} entries")])
         wa_ids = frozenset(normalize_wa_id(w, "wa_ids") for w in request.wa_ids) or None
-        async with self.changes.watch(wa_ids) as changes:
+        senders = frozenset(self._routes.resolve(s, "senders").number for s in request.senders)
+        async with self.changes.watch(wa_ids, senders or None) as changes:
             async for change in changes:
                 await context.write(identity_pb2.WatchIdentityChangesResponse(change=change))
 
@@ -385,9 +409,9 @@ _decode_get = decoder(identity_pb2.GetIdentityRequest)
 
 
 def _response(
-    wa_id: str, identity: UpstreamIdentity, fetched_at: float
+    sender: str, wa_id: str, identity: UpstreamIdentity, fetched_at: float
 ) -> identity_pb2.GetIdentityResponse:
-    """The answer for an identity just read from WhatsApp (``cache_hit`` false)."""
+    """The answer for an identity just read through ``sender`` (``cache_hit`` false)."""
     create_ms = identity.create_time_ms
     fetched_ns = int(fetched_at * 1e9)
     return identity_pb2.GetIdentityResponse(
@@ -398,6 +422,7 @@ def _response(
                 seconds=create_ms // 1000, nanos=(create_ms % 1000) * 1_000_000
             ),
             acknowledged=identity.acknowledged,
+            sender=sender,
         ),
         fetch_time=timestamp_pb2.Timestamp(
             seconds=fetched_ns // 1_000_000_000, nanos=fetched_ns % 1_000_000_000

@@ -31,6 +31,7 @@ from gateway.failures import (
     Failure,
     FieldViolation,
     InvalidArgument,
+    UnknownSender,
     WatcherTooSlow,
 )
 from gateway.serving.authz import PermissionDenied, Unauthenticated
@@ -47,6 +48,8 @@ class Reason(enum.StrEnum):
 
     INVALID_WA_ID = "INVALID_WA_ID"
     INVALID_HASH = "INVALID_HASH"
+    INVALID_SENDER = "INVALID_SENDER"
+    SENDER_NOT_FOUND = "SENDER_NOT_FOUND"
     MALFORMED_REQUEST = "MALFORMED_REQUEST"
     CONTACT_NOT_FOUND = "CONTACT_NOT_FOUND"
     HASH_MISMATCH = "HASH_MISMATCH"
@@ -131,6 +134,7 @@ RULES: Mapping[Failure | type[Exception], Rule] = {
         Reason.GATEWAY_SHUTTING_DOWN,
         message="the gateway is shutting down: reconnect",
     ),
+    UnknownSender: Rule(_C.NOT_FOUND, Reason.SENDER_NOT_FOUND),
     Unauthenticated: Rule(_C.UNAUTHENTICATED, Reason.CALLER_UNAUTHENTICATED),
     PermissionDenied: Rule(_C.PERMISSION_DENIED, Reason.CALLER_NOT_PERMITTED),
 }
@@ -140,6 +144,8 @@ FIELD_REASONS: Mapping[str, Reason] = {
     "wa_id": Reason.INVALID_WA_ID,
     "wa_ids": Reason.INVALID_WA_ID,
     "hash": Reason.INVALID_HASH,
+    "sender": Reason.INVALID_SENDER,
+    "senders": Reason.INVALID_SENDER,
     "request": Reason.MALFORMED_REQUEST,
 }
 
@@ -176,6 +182,9 @@ def to_status(error: BaseException) -> status_pb2.Status:
     if isinstance(error, Unauthenticated | PermissionDenied):
         message = str(error)  # fixed text, never the credential
         metadata.update(error.metadata)
+    if isinstance(error, UnknownSender):
+        message = str(error)
+        metadata["sender"] = error.sender
     details.append(
         _pack(error_details_pb2.ErrorInfo(reason=rule.reason, domain=DOMAIN, metadata=metadata))
     )

@@ -1,26 +1,34 @@
-"""The HTTP listener for identity-change webhooks (``POST /webhook``), feeding the servicer.
+"""The HTTP listener for identity-change webhooks (spec §7), feeding the servicer.
 
-:func:`create_webhook_app` serves it (``POST /webhook``, ``GET /healthz``), parses each body
-with the On-Premises parser (:func:`gateway.backends.onprem.webhook.parse_webhook`) and hands
-every non-empty batch of reports to a callback; :class:`WebhookServer` runs that app on a
-socket::
+``POST /webhook`` is the default sender's, ``POST /webhook/{number}`` a named sender's: both
+take the On-Premises client's webhook, authenticated by that sender's webhook secret, sent as
+``Authorization: Bearer <secret>`` or as the password of HTTP Basic (so a webhook URL
+``https://hook:<secret>@host/webhook`` works; the secret is never accepted as the user name).
+Anything else is ``401`` and changes nothing; the comparison takes constant time. ``GET
+/healthz`` answers probes. Each body is parsed by
+:func:`gateway.backends.onprem.webhook.parse_webhook` and every non-empty batch of reports is
+handed to a callback with the sender's number::
 
-    async def on_changes(reports: list[IdentityChangeReport]) -> None:
-        for report in reports:
-            cache.invalidate(report.wa_id)
+    async def on_changes(sender: str, reports: list[IdentityChangeReport]) -> None: ...
 
-    async with WebhookServer("0.0.0.0", 8081, on_changes) as webhooks:
-        ...  # configure webhooks.url as the WhatsApp client's webhook URL
+    senders = {"15550001111": WebhookSender("15550001111", secret)}
+    async with WebhookServer("0.0.0.0", 8081, on_changes, senders=senders,
+                             default="15550001111") as webhooks:
+        ...  # give the WhatsApp client webhooks.url (or webhooks.url_of(number))
 
-The on-premises client does not sign its webhooks, so the endpoint has no authentication: anyone
-who can reach it can make the gateway forget cached identities. Expose it only to the WhatsApp
-client (a Kubernetes NetworkPolicy, a firewall rule, a private listener).
+A sender whose secret is None takes unauthenticated pushes: the gateway allows that only with
+``--webhook-allow-unauthenticated``, logged as a warning at start.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import dataclasses
+import hmac
 import logging
-from collections.abc import Awaitable, Callable
+import ssl
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
@@ -29,12 +37,10 @@ from gateway.serving.appserver import AppServer
 
 __all__ = [
     "MAX_WEBHOOK_BODY_BYTES",
-    "IdentityChangeReport",
     "OnChanges",
-    "WebhookError",
+    "WebhookSender",
     "WebhookServer",
     "create_webhook_app",
-    "parse_webhook",
 ]
 
 logger = logging.getLogger(__name__)
@@ -45,37 +51,90 @@ MAX_WEBHOOK_BODY_BYTES = 256 * 1024
 _SHUTDOWN_TIMEOUT = 0.5
 
 
-OnChanges = Callable[[list[IdentityChangeReport]], Awaitable[None]]
+OnChanges = Callable[[str, list[IdentityChangeReport]], Awaitable[None]]
 
 
-# The HTTP endpoint.
+@dataclasses.dataclass(frozen=True)
+class WebhookSender:
+    """An On-Premises sender taking webhooks: its number ("" in flag mode) and its secret
+    (None: unauthenticated, which the gateway allows only when told to)."""
+
+    number: str
+    secret: str | None = dataclasses.field(default=None, repr=False)
+
 
 _ON_CHANGES = web.AppKey[OnChanges]("on_changes")
+_SENDERS = web.AppKey[Mapping[str, WebhookSender]]("senders")
+_DEFAULT = web.AppKey[str | None]("default")
 
 
-def create_webhook_app(on_changes: OnChanges, *, path: str = "/webhook") -> web.Application:
-    """An aiohttp application taking identity-change webhooks at ``POST {path}``.
+def create_webhook_app(
+    on_changes: OnChanges,
+    *,
+    senders: Mapping[str, WebhookSender] | None = None,
+    default: str | None = "",
+) -> web.Application:
+    """An aiohttp application taking On-Premises webhooks for ``senders`` (by number).
 
-    A valid payload gets ``200 {"accepted": N}`` once ``await on_changes(reports)`` returns (it is
-    not called when N is 0); a malformed one ``400 {"error": ...}``, a body over
-    :data:`MAX_WEBHOOK_BODY_BYTES` ``413``, and if ``on_changes`` raises, ``500`` (the WhatsApp
-    client retries failed deliveries). Other methods get ``405``. ``GET /healthz`` answers 200
-    for probes. There is no authentication: see the module docstring.
+    ``POST /webhook`` is ``default``'s (404 when None or not among ``senders``), ``POST
+    /webhook/{number}`` that sender's (404 for a number not among them). Without ``senders``
+    there is one unnamed sender with no secret (tools and tests). A push that is not
+    authenticated gets ``401``; a valid payload ``200 {"accepted": N}`` once ``await
+    on_changes(number, reports)`` returns (not called when N is 0); a malformed one ``400
+    {"error": ...}``; a body over :data:`MAX_WEBHOOK_BODY_BYTES` ``413``; and if
+    ``on_changes`` raises, ``500`` (the WhatsApp client delivers it again). Other methods get
+    ``405``.
     """
-    if not path.startswith("/"):
-        raise ValueError("path must start with '/'")
     app = web.Application(client_max_size=MAX_WEBHOOK_BODY_BYTES)
     app[_ON_CHANGES] = on_changes
-    app.router.add_post(path, _receive_webhook)
+    app[_SENDERS] = senders if senders is not None else {"": WebhookSender("")}
+    app[_DEFAULT] = default
+    app.router.add_post("/webhook", _receive_webhook)
+    app.router.add_post("/webhook/{number}", _receive_webhook)
     app.router.add_get("/healthz", _healthz)
     return app
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+def authenticated(authorization: str | None, secret: str) -> bool:
+    """Whether an ``Authorization`` value carries ``secret``: as a bearer token, or as the
+    password of HTTP Basic. Constant time in the secret's content."""
+    if not authorization:
+        return False
+    scheme, _, credentials = authorization.strip().partition(" ")
+    credentials = credentials.strip()
+    offered: str | None = None
+    if scheme.lower() == "bearer":
+        offered = credentials
+    elif scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        _user, colon, password = decoded.partition(":")
+        offered = password if colon else None
+    if offered is None:
+        return False
+    return hmac.compare_digest(offered.encode("utf-8"), secret.encode("utf-8"))
 
 
 async def _receive_webhook(request: web.Request) -> web.Response:
+    number = request.match_info.get("number", request.app[_DEFAULT])
+    sender = request.app[_SENDERS].get(number) if number is not None else None
+    if sender is None:
+        return _error(404, "no On-Premises sender takes webhooks here")
+    if sender.secret is not None and not authenticated(
+        request.headers.get("Authorization"), sender.secret
+    ):
+        logger.warning("refused an unauthenticated webhook from %s", request.remote)
+        return _error(
+            401,
+            "authenticate with the sender's webhook secret (Bearer, or HTTP Basic password)",
+            {"WWW-Authenticate": 'Basic realm="identity-gateway webhook"'},
+        )
     too_large = f"the body must be at most {MAX_WEBHOOK_BODY_BYTES} bytes"
     # Refuse a declared oversize at once; a chunked one is cut off by client_max_size on read.
     if (request.content_length or 0) > MAX_WEBHOOK_BODY_BYTES:
@@ -91,7 +150,7 @@ async def _receive_webhook(request: web.Request) -> web.Response:
         return _error(400, str(exc))
     if reports:
         try:
-            await request.app[_ON_CHANGES](reports)
+            await request.app[_ON_CHANGES](sender.number, reports)
         except Exception:
             logger.exception("handling %d identity change(s) from a webhook failed", len(reports))
             return _error(500, "the identity changes could not be handled")
@@ -115,19 +174,29 @@ class WebhookServer(AppServer):
     name = "identity-change webhook"
 
     def __init__(
-        self, host: str, port: int, on_changes: OnChanges, *, path: str = "/webhook"
+        self,
+        host: str,
+        port: int,
+        on_changes: OnChanges,
+        *,
+        senders: Mapping[str, WebhookSender] | None = None,
+        default: str | None = "",
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        if not path.startswith("/"):
-            raise ValueError("path must start with '/'")
         # A short grace: on_changes should be quick, and one that hangs must not hold up a stop.
-        super().__init__(host, port, shutdown_timeout=_SHUTDOWN_TIMEOUT)
+        super().__init__(host, port, ssl_context=ssl_context, shutdown_timeout=_SHUTDOWN_TIMEOUT)
         self._on_changes = on_changes
-        self._path = path
+        self._senders = senders
+        self._default = default
 
     def create_app(self) -> web.Application:
-        return create_webhook_app(self._on_changes, path=self._path)
+        return create_webhook_app(self._on_changes, senders=self._senders, default=self._default)
 
     @property
     def url(self) -> str:
-        """The webhook URL to give the WhatsApp client, such as ``http://10.0.0.5:8081/webhook``."""
-        return self.base_url + self._path
+        """The default sender's webhook URL, such as ``http://10.0.0.5:8081/webhook``."""
+        return self.base_url + "/webhook"
+
+    def url_of(self, number: str) -> str:
+        """A named sender's webhook URL, ``.../webhook/{number}``."""
+        return f"{self.base_url}/webhook/{number}"

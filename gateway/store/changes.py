@@ -43,10 +43,13 @@ class Relay(Protocol):
 
 
 class _Watch:
-    __slots__ = ("closed", "overflowed", "queue", "wa_ids")
+    __slots__ = ("closed", "overflowed", "queue", "senders", "wa_ids")
 
-    def __init__(self, wa_ids: frozenset[str] | None, buffer: int) -> None:
+    def __init__(
+        self, wa_ids: frozenset[str] | None, senders: frozenset[str] | None, buffer: int
+    ) -> None:
         self.wa_ids = wa_ids
+        self.senders = senders
         self.queue: asyncio.Queue[identity_pb2.IdentityChange | None] = asyncio.Queue(buffer)
         self.overflowed = False
         self.closed = False
@@ -89,12 +92,13 @@ class ChangeBus:
 
     @contextlib.asynccontextmanager
     async def watch(
-        self, wa_ids: frozenset[str] | None
+        self, wa_ids: frozenset[str] | None, senders: frozenset[str] | None = None
     ) -> AsyncIterator[AsyncIterator[identity_pb2.IdentityChange]]:
-        """Changes from now on, for ``wa_ids`` (None: all), until the block is left."""
+        """Changes from now on, for ``wa_ids`` through ``senders`` (None: all), until the
+        block is left."""
         if self.closed:
             raise BusClosed("the gateway is shutting down")
-        watch = _Watch(wa_ids, self._buffer)
+        watch = _Watch(wa_ids, senders, self._buffer)
         self._watches.add(watch)
         try:
             yield self._drain(watch)
@@ -128,11 +132,13 @@ class ChangeBus:
             yield change
 
     def _deliver(self, change: identity_pb2.IdentityChange) -> None:
-        wa_id = change.identity.wa_id
+        wa_id, sender = change.identity.wa_id, change.identity.sender
         for watch in self._watches:
             if watch.overflowed or watch.closed:
                 continue
             if watch.wa_ids is not None and wa_id not in watch.wa_ids:
+                continue
+            if watch.senders is not None and sender not in watch.senders:
                 continue
             # Leave one slot for the end marker, so an overflowing watcher always learns why.
             if watch.queue.qsize() >= self._buffer - 1:

@@ -135,40 +135,41 @@ class Metrics:
         )
         self._upstream_requests = Counter(
             "identity_gateway_upstream_requests",
-            "HTTP requests sent to the WhatsApp API, by operation and HTTP status "
+            "HTTP requests sent upstream, by sender, operation and HTTP status "
             "('none' when no answer came).",
-            ("operation", "status"),
+            ("sender", "operation", "status"),
             registry=r,
         )
         self._upstream_seconds = Histogram(
             "identity_gateway_upstream_request_seconds",
-            "Latency of HTTP requests to the WhatsApp API.",
-            ("operation",),
+            "Latency of HTTP requests upstream, by sender and operation.",
+            ("sender", "operation"),
             buckets=BUCKETS,
             registry=r,
         )
         self._retries = Counter(
             "identity_gateway_upstream_retries",
-            "Upstream requests retried after an UNAVAILABLE-class outcome, by method.",
-            ("method",),
+            "Upstream requests retried after an UNAVAILABLE-class outcome, by sender and method.",
+            ("sender", "method"),
             registry=r,
         )
         self._rejections = Counter(
             "identity_gateway_upstream_rejections",
-            "Calls the gateway did not send to WhatsApp, by reason (circuit_open, "
+            "Calls the gateway did not send upstream, by sender and reason (circuit_open, "
             "rate_limited, overloaded).",
-            ("reason",),
+            ("sender", "reason"),
             registry=r,
         )
         self._breaker_state = Gauge(
             "identity_gateway_upstream_circuit_state",
-            "The upstream circuit breaker: 0 closed, 1 half-open, 2 open.",
+            "Each sender's upstream circuit breaker: 0 closed, 1 half-open, 2 open.",
+            ("sender",),
             registry=r,
         )
         self._breaker_transitions = Counter(
             "identity_gateway_upstream_circuit_transitions",
-            "Circuit breaker state changes, by the state entered.",
-            ("state",),
+            "Circuit breaker state changes, by sender and the state entered.",
+            ("sender", "state"),
             registry=r,
         )
         self.cache_backend_degraded = Gauge(
@@ -184,8 +185,8 @@ class Metrics:
         )
         self._logins = Counter(
             "identity_gateway_upstream_logins",
-            "Logins to the WhatsApp API, by outcome.",
-            ("outcome",),
+            "Logins to an upstream, by sender and outcome.",
+            ("sender", "outcome"),
             registry=r,
         )
 
@@ -214,20 +215,13 @@ class Metrics:
 
     # next to network calls: prometheus-client's own objects
 
-    def upstream_exchange(self, operation: str, status: int | None, seconds: float) -> None:
-        self._upstream_requests.labels(operation, str(status) if status else "none").inc()
-        self._upstream_seconds.labels(operation).observe(seconds)
-
-    def upstream_retry(self, operation: str) -> None:
-        self._retries.labels(operation).inc()
-
-    def upstream_rejected(self, reason: str) -> None:
-        self._rejections.labels(reason).inc()
-
-    def breaker_changed(self, state: str) -> None:
-        """The circuit breaker entered ``state`` (``closed``, ``half_open`` or ``open``)."""
-        self._breaker_state.set(_BREAKER_LEVELS[state])
-        self._breaker_transitions.labels(state).inc()
+    def sender(self, label: str) -> SenderMetrics:
+        """The observer of one sender's backend: its series carry ``sender="<label>"``
+        (the number, or ``default`` in flag mode). Only configured senders get one, so the
+        label is bounded. Its breaker starts closed, so the gauge exists from the start."""
+        observer = SenderMetrics(self, label)
+        self._breaker_state.labels(label).set(0)
+        return observer
 
     def cache_backend_error(self, operation: str) -> None:
         self._cache_backend_errors.labels(operation).inc()
@@ -235,5 +229,29 @@ class Metrics:
     def cache_backend_state(self, degraded: bool) -> None:
         self.cache_backend_degraded.set(1 if degraded else 0)
 
+
+class SenderMetrics:
+    """One sender's upstream metrics: a :class:`~gateway.backends.base.BackendObserver`."""
+
+    def __init__(self, metrics: Metrics, label: str) -> None:
+        self._metrics = metrics
+        self.label = label
+
+    def upstream_exchange(self, operation: str, status: int | None, seconds: float) -> None:
+        m = self._metrics
+        m._upstream_requests.labels(self.label, operation, str(status) if status else "none").inc()
+        m._upstream_seconds.labels(self.label, operation).observe(seconds)
+
+    def upstream_retry(self, operation: str) -> None:
+        self._metrics._retries.labels(self.label, operation).inc()
+
+    def upstream_rejected(self, reason: str) -> None:
+        self._metrics._rejections.labels(self.label, reason).inc()
+
+    def breaker_changed(self, state: str) -> None:
+        """The circuit breaker entered ``state`` (``closed``, ``half_open`` or ``open``)."""
+        self._metrics._breaker_state.labels(self.label).set(_BREAKER_LEVELS[state])
+        self._metrics._breaker_transitions.labels(self.label, state).inc()
+
     def login(self, outcome: str) -> None:
-        self._logins.labels(outcome).inc()
+        self._metrics._logins.labels(self.label, outcome).inc()

@@ -16,7 +16,7 @@ answer with :func:`~gateway.backends.onprem.outcomes.classify`. Every failure le
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 
 import orjson
@@ -142,7 +142,7 @@ class OnPremBackend:
             "login", "POST", LOGIN_PATH, _DEFAULT_HEADERS, authorization=self._basic_auth
         )
         if not answer.ok:
-            raise _failure(answer, Operation.LOGIN)
+            raise _failure(answer, Operation.LOGIN, self._upstream.safe_text)
         try:
             return parse_login(answer.body)
         except BadAnswer as error:
@@ -179,19 +179,22 @@ class OnPremBackend:
                 if answer.status == 401:
                     self.tokens.renewal_refused(token)
             if not answer.ok:
-                raise _failure(answer, operation)
+                raise _failure(answer, operation, self._upstream.safe_text)
             return answer
 
         return await self._guards.run(method, deadline, attempt)
 
 
-def _failure(answer: Answer, operation: Operation) -> BackendFailure:
-    """What an error answer says, classified, with a message a caller may see."""
+def _failure(
+    answer: Answer, operation: Operation, safe_text: Callable[[str | None], str] = clean_title
+) -> BackendFailure:
+    """What an error answer says, classified, with a message a caller may see (its title made
+    safe by ``safe_text``)."""
     envelope = parse_error_body(answer.body)
     message = f"WhatsApp API answered HTTP {answer.status}"
     if envelope.code is not None:
         message += f" with code {envelope.code}"
-    title = clean_title(envelope.title)
+    title = safe_text(envelope.title)
     if title:
         message += f": {title}"
     login = operation is Operation.LOGIN

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#whatsapp/identity/v1/identity.proto\x12\x14whatsapp.identity.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"n\n\x08Identity\x12\r\n\x05wa_id\x18\x01 \x01(\t\x12\x0c\n\x04hash\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x61\x63knowledged\x18\x04 \x01(\x08\"9\n\x12GetIdentityRequest\x12\r\n\x05wa_id\x18\x01 \x01(\t\x12\x14\n\x0c\x62ypass_cache\x18\x02 \x01(\x08\"\x8a\x01\n\x13GetIdentityResponse\x12\x30\n\x08identity\x18\x01 \x01(\x0b\x32\x1e.whatsapp.identity.v1.Identity\x12\x11\n\tcache_hit\x18\x02 \x01(\x08\x12.\n\nfetch_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"9\n\x1a\x41\x63knowledgeIdentityRequest\x12\r\n\x05wa_id\x18\x01 \x01(\t\x12\x0c\n\x04hash\x18\x02 \x01(\t\"\x1d\n\x1b\x41\x63knowledgeIdentityResponse\"k\n\x1bReportIdentityChangeRequest\x12\r\n\x05wa_id\x18\x01 \x01(\t\x12\x0c\n\x04hash\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1e\n\x1cReportIdentityChangeResponse\"-\n\x1bWatchIdentityChangesRequest\x12\x0e\n\x06wa_ids\x18\x01 \x03(\t\"T\n\x1cWatchIdentityChangesResponse\x12\x34\n\x06\x63hange\x18\x01 \x01(\x0b\x32$.whatsapp.identity.v1.IdentityChange\"\xb0\x01\n\x0eIdentityChange\x12\x30\n\x08identity\x18\x01 \x01(\x0b\x32\x1e.whatsapp.identity.v1.Identity\x12:\n\x06source\x18\x02 \x01(\x0e\x32*.whatsapp.identity.v1.IdentityChangeSource\x12\x30\n\x0cobserve_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xce\x01\n\x14IdentityChangeSource\x12&\n\"IDENTITY_CHANGE_SOURCE_UNSPECIFIED\x10\x00\x12\"\n\x1eIDENTITY_CHANGE_SOURCE_WEBHOOK\x10\x01\x12!\n\x1dIDENTITY_CHANGE_SOURCE_REPORT\x10\x02\x12\x1f\n\x1bIDENTITY_CHANGE_SOURCE_READ\x10\x03\x12&\n\"IDENTITY_CHANGE_SOURCE_ACKNOWLEDGE\x10\x04\x32\xf1\x03\n\x0fIdentityService\x12\x62\n\x0bGetIdentity\x12(.whatsapp.identity.v1.GetIdentityRequest\x1a).whatsapp.identity.v1.GetIdentityResponse\x12z\n\x13\x41\x63knowledgeIdentity\x12\x30.whatsapp.identity.v1.AcknowledgeIdentityRequest\x1a\x31.whatsapp.identity.v1.AcknowledgeIdentityResponse\x12}\n\x14ReportIdentityChange\x12\x31.whatsapp.identity.v1.ReportIdentityChangeRequest\x1a\x32.whatsapp.identity.v1.ReportIdentityChangeResponse\x12\x7f\n\x14WatchIdentityChanges\x12\x31.whatsapp.identity.v1.WatchIdentityChangesRequest\x1a\x32.whatsapp.identity.v1.WatchIdentityChangesResponse0\x01\x42\x8f\x01\n\x18\x63om.whatsapp.identity.v1B\rIdentityProtoP\x01ZKgithub.com/whatsapp-identity-gateway/gen/go/whatsapp/identity/v1;identityv1\xaa\x02\x14WhatsApp.Identity.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#whatsapp/identity/v1/identity.proto\x12\x14whatsapp.identity.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"~\n\x08Identity\x12\r\n\x05wa_id\x18\x01 \x01(\t\x12\x0c\n\x04hash\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x61\x63knowledged\x18\x04 \x01(\x08\x12\x0e\n\x06sender\x18\x05 \x01(\t\"I\n\x12GetIdentityRequest\x12\r\n\x05wa_id\x18\x01 \x01(\t\x12\x14\n\x0c\x62ypass_cache\x18\x02 \x01(\x08\x12\x0e\n\x06sender\x18\x03 \x01(\t\"\x8a\x01\n\x13GetIdentityResponse\x12\x30\n\x08identity\x18\x01 \x01(\x0b\x32\x1e.whatsapp.identity.v1.Identity\x12\x11\n\tcache_hit\x18\x02 \x01(\x08\x12.\n\nfetch_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"I\n\x1a\x41\x63knowledgeIdentityRequest\x12\r\n\x05wa_id\x18\x01 \x01(\t\x12\x0c\n\x04hash\x18\x02 \x01(\t\x12\x0e\n\x06sender\x18\x03 \x01(\t\"\x1d\n\x1b\x41\x63knowledgeIdentityResponse\"{\n\x1bReportIdentityChangeRequest\x12\r\n\x05wa_id\x18\x01 \x01(\t\x12\x0c\n\x04hash\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06sender\x18\x04 \x01(\t\"\x1e\n\x1cReportIdentityChangeResponse\">\n\x1bWatchIdentityChangesRequest\x12\x0e\n\x06wa_ids\x18\x01 \x03(\t\x12\x0f\n\x07senders\x18\x02 \x03(\t\"T\n\x1cWatchIdentityChangesResponse\x12\x34\n\x06\x63hange\x18\x01 \x01(\x0b\x32$.whatsapp.identity.v1.IdentityChange\"\xb0\x01\n\x0eIdentityChange\x12\x30\n\x08identity\x18\x01 \x01(\x0b\x32\x1e.whatsapp.identity.v1.Identity\x12:\n\x06source\x18\x02 \x01(\x0e\x32*.whatsapp.identity.v1.IdentityChangeSource\x12\x30\n\x0cobserve_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xce\x01\n\x14IdentityChangeSource\x12&\n\"IDENTITY_CHANGE_SOURCE_UNSPECIFIED\x10\x00\x12\"\n\x1eIDENTITY_CHANGE_SOURCE_WEBHOOK\x10\x01\x12!\n\x1dIDENTITY_CHANGE_SOURCE_REPORT\x10\x02\x12\x1f\n\x1bIDENTITY_CHANGE_SOURCE_READ\x10\x03\x12&\n\"IDENTITY_CHANGE_SOURCE_ACKNOWLEDGE\x10\x04\x32\xf1\x03\n\x0fIdentityService\x12\x62\n\x0bGetIdentity\x12(.whatsapp.identity.v1.GetIdentityRequest\x1a).whatsapp.identity.v1.GetIdentityResponse\x12z\n\x13\x41\x63knowledgeIdentity\x12\x30.whatsapp.identity.v1.AcknowledgeIdentityRequest\x1a\x31.whatsapp.identity.v1.AcknowledgeIdentityResponse\x12}\n\x14ReportIdentityChange\x12\x31.whatsapp.identity.v1.ReportIdentityChangeRequest\x1a\x32.whatsapp.identity.v1.ReportIdentityChangeResponse\x12\x7f\n\x14WatchIdentityChanges\x12\x31.whatsapp.identity.v1.WatchIdentityChangesRequest\x1a\x32.whatsapp.identity.v1.WatchIdentityChangesResponse0\x01\x42\x8f\x01\n\x18\x63om.whatsapp.identity.v1B\rIdentityProtoP\x01ZKgithub.com/whatsapp-identity-gateway/gen/go/whatsapp/identity/v1;identityv1\xaa\x02\x14WhatsApp.Identity.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,28 +33,28 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'whatsapp.identity.v1.identi
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\030com.whatsapp.identity.v1B\rIdentityProtoP\001ZKgithub.com/whatsapp-identity-gateway/gen/go/whatsapp/identity/v1;identityv1\252\002\024WhatsApp.Identity.V1'
-  _globals['_IDENTITYCHANGESOURCE']._serialized_start=950
-  _globals['_IDENTITYCHANGESOURCE']._serialized_end=1156
+  _globals['_IDENTITYCHANGESOURCE']._serialized_start=1031
+  _globals['_IDENTITYCHANGESOURCE']._serialized_end=1237
   _globals['_IDENTITY']._serialized_start=94
-  _globals['_IDENTITY']._serialized_end=204
-  _globals['_GETIDENTITYREQUEST']._serialized_start=206
-  _globals['_GETIDENTITYREQUEST']._serialized_end=263
-  _globals['_GETIDENTITYRESPONSE']._serialized_start=266
-  _globals['_GETIDENTITYRESPONSE']._serialized_end=404
-  _globals['_ACKNOWLEDGEIDENTITYREQUEST']._serialized_start=406
-  _globals['_ACKNOWLEDGEIDENTITYREQUEST']._serialized_end=463
-  _globals['_ACKNOWLEDGEIDENTITYRESPONSE']._serialized_start=465
-  _globals['_ACKNOWLEDGEIDENTITYRESPONSE']._serialized_end=494
-  _globals['_REPORTIDENTITYCHANGEREQUEST']._serialized_start=496
-  _globals['_REPORTIDENTITYCHANGEREQUEST']._serialized_end=603
-  _globals['_REPORTIDENTITYCHANGERESPONSE']._serialized_start=605
-  _globals['_REPORTIDENTITYCHANGERESPONSE']._serialized_end=635
-  _globals['_WATCHIDENTITYCHANGESREQUEST']._serialized_start=637
-  _globals['_WATCHIDENTITYCHANGESREQUEST']._serialized_end=682
-  _globals['_WATCHIDENTITYCHANGESRESPONSE']._serialized_start=684
-  _globals['_WATCHIDENTITYCHANGESRESPONSE']._serialized_end=768
-  _globals['_IDENTITYCHANGE']._serialized_start=771
-  _globals['_IDENTITYCHANGE']._serialized_end=947
-  _globals['_IDENTITYSERVICE']._serialized_start=1159
-  _globals['_IDENTITYSERVICE']._serialized_end=1656
+  _globals['_IDENTITY']._serialized_end=220
+  _globals['_GETIDENTITYREQUEST']._serialized_start=222
+  _globals['_GETIDENTITYREQUEST']._serialized_end=295
+  _globals['_GETIDENTITYRESPONSE']._serialized_start=298
+  _globals['_GETIDENTITYRESPONSE']._serialized_end=436
+  _globals['_ACKNOWLEDGEIDENTITYREQUEST']._serialized_start=438
+  _globals['_ACKNOWLEDGEIDENTITYREQUEST']._serialized_end=511
+  _globals['_ACKNOWLEDGEIDENTITYRESPONSE']._serialized_start=513
+  _globals['_ACKNOWLEDGEIDENTITYRESPONSE']._serialized_end=542
+  _globals['_REPORTIDENTITYCHANGEREQUEST']._serialized_start=544
+  _globals['_REPORTIDENTITYCHANGEREQUEST']._serialized_end=667
+  _globals['_REPORTIDENTITYCHANGERESPONSE']._serialized_start=669
+  _globals['_REPORTIDENTITYCHANGERESPONSE']._serialized_end=699
+  _globals['_WATCHIDENTITYCHANGESREQUEST']._serialized_start=701
+  _globals['_WATCHIDENTITYCHANGESREQUEST']._serialized_end=763
+  _globals['_WATCHIDENTITYCHANGESRESPONSE']._serialized_start=765
+  _globals['_WATCHIDENTITYCHANGESRESPONSE']._serialized_end=849
+  _globals['_IDENTITYCHANGE']._serialized_start=852
+  _globals['_IDENTITYCHANGE']._serialized_end=1028
+  _globals['_IDENTITYSERVICE']._serialized_start=1240
+  _globals['_IDENTITYSERVICE']._serialized_end=1737
 # @@protoc_insertion_point(module_scope)

@@ -24,24 +24,28 @@ IDENTITY_CHANGE_SOURCE_READ: IdentityChangeSource
 IDENTITY_CHANGE_SOURCE_ACKNOWLEDGE: IdentityChangeSource
 
 class Identity(_message.Message):
-    __slots__ = ("wa_id", "hash", "create_time", "acknowledged")
+    __slots__ = ("wa_id", "hash", "create_time", "acknowledged", "sender")
     WA_ID_FIELD_NUMBER: _ClassVar[int]
     HASH_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     ACKNOWLEDGED_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
     wa_id: str
     hash: str
     create_time: _timestamp_pb2.Timestamp
     acknowledged: bool
-    def __init__(self, wa_id: _Optional[str] = ..., hash: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., acknowledged: _Optional[bool] = ...) -> None: ...
+    sender: str
+    def __init__(self, wa_id: _Optional[str] = ..., hash: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., acknowledged: _Optional[bool] = ..., sender: _Optional[str] = ...) -> None: ...
 
 class GetIdentityRequest(_message.Message):
-    __slots__ = ("wa_id", "bypass_cache")
+    __slots__ = ("wa_id", "bypass_cache", "sender")
     WA_ID_FIELD_NUMBER: _ClassVar[int]
     BYPASS_CACHE_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
     wa_id: str
     bypass_cache: bool
-    def __init__(self, wa_id: _Optional[str] = ..., bypass_cache: _Optional[bool] = ...) -> None: ...
+    sender: str
+    def __init__(self, wa_id: _Optional[str] = ..., bypass_cache: _Optional[bool] = ..., sender: _Optional[str] = ...) -> None: ...
 
 class GetIdentityResponse(_message.Message):
     __slots__ = ("identity", "cache_hit", "fetch_time")
@@ -54,36 +58,42 @@ class GetIdentityResponse(_message.Message):
     def __init__(self, identity: _Optional[_Union[Identity, _Mapping]] = ..., cache_hit: _Optional[bool] = ..., fetch_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class AcknowledgeIdentityRequest(_message.Message):
-    __slots__ = ("wa_id", "hash")
+    __slots__ = ("wa_id", "hash", "sender")
     WA_ID_FIELD_NUMBER: _ClassVar[int]
     HASH_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
     wa_id: str
     hash: str
-    def __init__(self, wa_id: _Optional[str] = ..., hash: _Optional[str] = ...) -> None: ...
+    sender: str
+    def __init__(self, wa_id: _Optional[str] = ..., hash: _Optional[str] = ..., sender: _Optional[str] = ...) -> None: ...
 
 class AcknowledgeIdentityResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class ReportIdentityChangeRequest(_message.Message):
-    __slots__ = ("wa_id", "hash", "create_time")
+    __slots__ = ("wa_id", "hash", "create_time", "sender")
     WA_ID_FIELD_NUMBER: _ClassVar[int]
     HASH_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
     wa_id: str
     hash: str
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, wa_id: _Optional[str] = ..., hash: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    sender: str
+    def __init__(self, wa_id: _Optional[str] = ..., hash: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sender: _Optional[str] = ...) -> None: ...
 
 class ReportIdentityChangeResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class WatchIdentityChangesRequest(_message.Message):
-    __slots__ = ("wa_ids",)
+    __slots__ = ("wa_ids", "senders")
     WA_IDS_FIELD_NUMBER: _ClassVar[int]
+    SENDERS_FIELD_NUMBER: _ClassVar[int]
     wa_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, wa_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    senders: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, wa_ids: _Optional[_Iterable[str]] = ..., senders: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class WatchIdentityChangesResponse(_message.Message):
     __slots__ = ("change",)
