@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     emulator.add_argument("--tls-key", type=Path, help="the certificate's private key")
     emulator.add_argument(
         "--webhook-url",
-        help="POST a user_identity_changed webhook here when a contact's identity changes",
+        help="POST a user_identity_changed webhook here when a contact's identity changes "
+        "(with Authorization: Bearer $IDENTITY_GATEWAY_EMULATOR_WEBHOOK_SECRET when set)",
     )
     emulator.add_argument(
         "--synthetic-contacts",
@@ -93,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     for client in (get, ack):
         client.add_argument(
             "--target", default=DEFAULT_TARGET, help=f"HOST:PORT ({DEFAULT_TARGET})"
+        )
+        client.add_argument(
+            "--sender",
+            default="",
+            help="the business number to go through (default: the gateway's default sender)",
         )
         client.add_argument(
             "--ca-file", type=Path, help="use TLS, trusting the gateway's certificate to this CA"
@@ -168,9 +174,16 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     with channel:
         if args.command == "get":
             return run_get(
-                channel, args.wa_id, bypass_cache=args.bypass_cache, out=sys.stdout, err=sys.stderr
+                channel,
+                args.wa_id,
+                bypass_cache=args.bypass_cache,
+                sender=args.sender,
+                out=sys.stdout,
+                err=sys.stderr,
             )
-        return run_ack(channel, args.wa_id, args.hash, out=sys.stdout, err=sys.stderr)
+        return run_ack(
+            channel, args.wa_id, args.hash, sender=args.sender, out=sys.stdout, err=sys.stderr
+        )
 
 
 def _client_tls(args: argparse.Namespace) -> tuple[bytes, bytes | None, bytes | None] | None:
@@ -239,6 +252,12 @@ def _emulator(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return EXIT_CONFIG
     configure_logging("info")
     password = environ.get(env_name("emulator-password"), "secret")
+    # Secrets from the environment only, as for the gateway: never flags.
+    secrets: dict[str, str] = {}
+    if environ.get(env_name("emulator-webhook-secret")):
+        secrets["webhook_secret"] = environ[env_name("emulator-webhook-secret")]
+    if environ.get(env_name("emulator-infobip-api-key")):
+        secrets["infobip_api_key"] = environ[env_name("emulator-infobip-api-key")]
     try:
         asyncio.run(
             run_emulator(
@@ -251,6 +270,7 @@ def _emulator(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
                 keyfile=str(args.tls_key) if args.tls_key else None,
                 synthetic_contacts=args.synthetic_contacts,
                 webhook_url=args.webhook_url,
+                **secrets,
             )
         )
     except ValueError as error:  # a bad --webhook-url, refused before listening

@@ -33,11 +33,14 @@ def run_get(
     bypass_cache: bool,
     out: IO[str],
     err: IO[str],
+    sender: str = "",
     timeout: float = DEFAULT_TIMEOUT,
 ) -> int:
     """Call GetIdentity and print the answer; the process exit code."""
     stub = identity_pb2_grpc.IdentityServiceStub(channel)
-    request = identity_pb2.GetIdentityRequest(wa_id=wa_id, bypass_cache=bypass_cache)
+    request = identity_pb2.GetIdentityRequest(
+        wa_id=wa_id, bypass_cache=bypass_cache, sender=sender
+    )
     return _call(stub.GetIdentity, request, out=out, err=err, timeout=timeout)
 
 
@@ -48,11 +51,14 @@ def run_ack(
     *,
     out: IO[str],
     err: IO[str],
+    sender: str = "",
     timeout: float = DEFAULT_TIMEOUT,
 ) -> int:
     """Call AcknowledgeIdentity and print the answer; the process exit code."""
     stub = identity_pb2_grpc.IdentityServiceStub(channel)
-    request = identity_pb2.AcknowledgeIdentityRequest(wa_id=wa_id, hash=identity_hash)
+    request = identity_pb2.AcknowledgeIdentityRequest(
+        wa_id=wa_id, hash=identity_hash, sender=sender
+    )
     return _call(stub.AcknowledgeIdentity, request, out=out, err=err, timeout=timeout)
 
 
