@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from gateway.backends.base import UpstreamIdentity
+from gateway.backends.http import parse_retry_after
 from gateway.backends.onprem.parse import (
     BadAnswer,
     LoginToken,
@@ -24,7 +25,6 @@ from gateway.backends.onprem.parse import (
     parse_expires_after,
     parse_identity,
     parse_login,
-    parse_retry_after,
 )
 
 DOCUMENTED_CONTACT: dict[str, Any] = {

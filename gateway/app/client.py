@@ -38,9 +38,7 @@ def run_get(
 ) -> int:
     """Call GetIdentity and print the answer; the process exit code."""
     stub = identity_pb2_grpc.IdentityServiceStub(channel)
-    request = identity_pb2.GetIdentityRequest(
-        wa_id=wa_id, bypass_cache=bypass_cache, sender=sender
-    )
+    request = identity_pb2.GetIdentityRequest(wa_id=wa_id, bypass_cache=bypass_cache, sender=sender)
     return _call(stub.GetIdentity, request, out=out, err=err, timeout=timeout)
 
 

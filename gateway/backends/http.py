@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import datetime as dt
+import email.utils
 import os
 import ssl
 import time
@@ -180,6 +182,33 @@ class HttpUpstream:
                 raise self.bad_answer(too_large, response.status_code)
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+# A day: no sane Retry-After asks for more, and a caller should not be told to wait longer.
+_MAX_RETRY_AFTER = 24 * 3600.0
+# Python's int() refuses longer digit strings anyway; no delay needs more.
+_MAX_RETRY_DIGITS = 20
+
+
+def parse_retry_after(value: str | None, *, now: dt.datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date), if usable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return (
+            _MAX_RETRY_AFTER
+            if len(value) > _MAX_RETRY_DIGITS
+            else min(float(value), _MAX_RETRY_AFTER)
+        )
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.UTC)
+        delta = (moment - (now or dt.datetime.now(dt.UTC))).total_seconds()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return min(max(delta, 0.0), _MAX_RETRY_AFTER)
 
 
 def _causes(error: BaseException) -> Iterator[BaseException]:

@@ -27,20 +27,17 @@ import orjson
 
 from gateway import __version__
 from gateway.backends.base import UpstreamIdentity
-from gateway.backends.http import Answer, HttpUpstream, status_kind
+from gateway.backends.http import Answer, HttpUpstream, parse_retry_after, status_kind
 from gateway.backends.infobip.parse import (
     BadAnswer,
     check_acknowledge_body,
     parse_error_text,
     parse_identity,
 )
-
-# Generic HTTP header parsing, kept where the first backend put it.
-from gateway.backends.onprem.parse import parse_retry_after
 from gateway.backends.safeguards import Safeguards
 from gateway.deadline import Deadline
 from gateway.failures import BackendFailure, Failure
-from gateway.identifiers import normalized_wa_id
+from gateway.identifiers import is_sender_number
 
 T = TypeVar("T")
 
@@ -100,7 +97,7 @@ class InfobipBackend:
         api_key: str,
         safeguards: Safeguards | None = None,
     ) -> None:
-        if normalized_wa_id(sender) != sender:
+        if not is_sender_number(sender):
             raise ValueError("sender must be 6 to 15 ASCII digits, without '+'")
         if not api_key:
             raise ValueError("api_key must not be empty")

@@ -23,7 +23,7 @@ import orjson
 
 from gateway import __version__
 from gateway.backends.base import UpstreamIdentity
-from gateway.backends.http import Answer, HttpUpstream, basic_authorization
+from gateway.backends.http import Answer, HttpUpstream, basic_authorization, parse_retry_after
 from gateway.backends.onprem.login import LoginSession, StaticToken, TokenSource
 from gateway.backends.onprem.outcomes import Operation, classify
 from gateway.backends.onprem.parse import (
@@ -33,7 +33,6 @@ from gateway.backends.onprem.parse import (
     parse_error_body,
     parse_identity,
     parse_login,
-    parse_retry_after,
 )
 from gateway.backends.safeguards import Safeguards
 from gateway.deadline import Deadline

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import email.utils
 from typing import Any
 
 import orjson
@@ -48,8 +47,6 @@ _MAX_TIMESTAMP_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
 
 # Python's int() refuses longer digit strings anyway; no timestamp or delay needs more.
 _MAX_DIGITS = 20
-# A day: no sane Retry-After asks for more, and a caller should not be told to wait longer.
-_MAX_RETRY_AFTER = 24 * 3600.0
 
 
 def _load_json(body: bytes) -> Any:
@@ -172,20 +169,3 @@ def parse_error_body(body: bytes) -> UpstreamErrorBody:
         code=code if isinstance(code, int) and not isinstance(code, bool) else None,
         title=title if isinstance(title, str) else None,
     )
-
-
-def parse_retry_after(value: str | None, *, now: dt.datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date), if usable."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        return _MAX_RETRY_AFTER if len(value) > _MAX_DIGITS else min(float(value), _MAX_RETRY_AFTER)
-    try:
-        moment = email.utils.parsedate_to_datetime(value)
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=dt.UTC)
-        delta = (moment - (now or dt.datetime.now(dt.UTC))).total_seconds()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    return min(max(delta, 0.0), _MAX_RETRY_AFTER)
