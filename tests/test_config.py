@@ -185,6 +185,12 @@ def test_every_serve_flag_has_an_environment_test() -> None:
         "--webhook-listen",  # tests/test_webhook_loop.py
         "--cache-backend",  # tests/test_shared_cache.py
         "--cache-backend-timeout",
+        "--senders",  # tests/test_senders.py
+        "--webhook-secret-file",  # these five: tests/test_webhook_auth.py
+        "--webhook-allow-unauthenticated",
+        "--no-webhook-allow-unauthenticated",
+        "--webhook-tls-cert",
+        "--webhook-tls-key",
     }
 
     assert flags == {setting.flag for setting in SETTINGS} | explicitly_tested
@@ -553,8 +559,9 @@ def test_a_directory_as_ca_file_is_rejected(tmp_path: Path) -> None:
 def test_a_readable_ca_file_passes_start_up_and_verifies_the_upstream() -> None:
     runtime = prepare(load(["--upstream-ca-file", CA_FILE], TOKEN_ENV))
 
-    assert isinstance(runtime.upstream_tls, ssl.SSLContext)
-    assert runtime.upstream_tls.verify_mode == ssl.CERT_REQUIRED
+    context = runtime.upstream_tls[""]  # flag mode's one sender
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_REQUIRED
 
 
 def test_a_bad_ca_file_stops_the_command_line_with_one_line_and_exit_2(

@@ -3,39 +3,55 @@
 
 Every manifest is parsed with PyYAML (all documents of every file) and compared with values
 imported from the gateway: the serve settings and their environment names
-(``gateway.app.settings``), the health service name (``gateway.contract``), the proto's methods
-(``identity_pb2``) and the console script (``pyproject.toml``). Renaming a flag, the service, a
-method or a port without updating the deployment fails here, not in a cluster. The image is built
-from the gateway's wheel alone: the WhatsApp API emulator (``emulator/``) never ships in it.
+(``gateway.app.settings``), the senders file's parser (``gateway.app.senders``), the health
+service name (``gateway.contract``), the proto's methods (``identity_pb2``) and the console script
+(``pyproject.toml``). Renaming a flag, the service, a method or a port without updating the
+deployment fails here, not in a cluster. The image is built from the gateway's wheel alone: the
+WhatsApp API emulator (``emulator/``) never ships in it.
+
+The pod is checked as it would start: the senders file in its ConfigMap, the variables its
+``*_env`` keys name (from the Secret), and the files it and the settings name (from mounted
+volumes) are laid out under a temporary directory and run through the gateway's own start-up
+checks (``config_from_args`` and ``prepare``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import fnmatch
+import functools
 import json
 import re
 import shlex
 import tomllib
+from copy import deepcopy
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import certifi
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2
 from whatsapp.identity.v1 import identity_pb2
 
 from gateway.app.cli import build_parser, config_from_args
+from gateway.app.config import GatewayConfig
+from gateway.app.senders import INFOBIP, ONPREM, Senders, parse_senders
 from gateway.app.settings import (
     ENV_PREFIX,
     SECRET_VARIABLES,
     SETTINGS,
+    ConfigError,
     Setting,
     env_name,
     split_host_port,
 )
-from gateway.app.startup import prepare
+from gateway.app.startup import pace_of, prepare
 from gateway.contract import SERVICE_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,10 +60,28 @@ ISTIO = ROOT / "deploy" / "istio"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
-# The two secrets are environment variables only, never flags (gateway.app.settings
+# The flag-mode secrets are environment variables only, never flags (gateway.app.settings
 # SECRET_VARIABLES, read by gateway.app.cli._secret).
-SECRET_ENV = frozenset({ENV_PREFIX + "UPSTREAM_PASSWORD", ENV_PREFIX + "UPSTREAM_TOKEN"})
+SECRET_ENV = frozenset(
+    {
+        ENV_PREFIX + "UPSTREAM_PASSWORD",
+        ENV_PREFIX + "UPSTREAM_TOKEN",
+        ENV_PREFIX + "WEBHOOK_SECRET",
+    }
+)
 SETTING_ENV = frozenset(setting.env for setting in SETTINGS)
+# What describes flag mode's one sender, which the gateway refuses alongside a senders file (spec
+# §6); test_the_gateway_refuses_every_flag_mode_setting_alongside_senders checks the list.
+FLAG_MODE_FLAGS = (
+    "upstream-url",
+    "upstream-username",
+    "upstream-password-file",
+    "upstream-token-file",
+    "upstream-ca-file",
+    "upstream-insecure",
+    "webhook-secret-file",
+)
+FLAG_MODE_ENV = frozenset(env_name(flag) for flag in FLAG_MODE_FLAGS) | SECRET_ENV
 # What the image is built from: the gateway's wheel and nothing else (the emulator, in
 # emulator/, is a separate distribution for development only).
 BUILD_CONTEXT = frozenset({"pyproject.toml", "README.md", "gateway/", "generated/"})
@@ -55,6 +89,12 @@ BUILD_CONTEXT = frozenset({"pyproject.toml", "README.md", "gateway/", "generated
 # and overload"): an external fact, so it cannot be imported.
 WHATSAPP_REQUESTS_PER_SECOND = 20.0
 WHATSAPP_BURST = 60
+# Infobip's documented limit per account (spec: whatsapp-api.md, "Infobip"), also external.
+INFOBIP_REQUESTS_PER_SECOND = 10.0
+# Istio's agent serves the merged metrics Prometheus scrapes (the prometheus.io annotations are
+# rewritten to it), so a NetworkPolicy must keep it open.
+ISTIO_AGENT_PORT = 15020
+EXCLUDE_INBOUND_PORTS = "traffic.sidecar.istio.io/excludeInboundPorts"
 # Files in deploy/kubernetes/ that show a shape but hold placeholders; they are created out of
 # band and must never be applied by kustomization.yaml.
 EXAMPLES = frozenset({"secret.yaml", "whatsapp-ca.yaml"})
@@ -70,7 +110,13 @@ Manifest = dict[str, Any]
 
 
 def load_manifests(directory: Path) -> list[Manifest]:
-    """Every YAML document in every ``*.yaml`` file of ``directory``, empty documents skipped."""
+    """Every YAML document in every ``*.yaml`` file of ``directory``, empty documents skipped
+    (a fresh copy: parsed once per run)."""
+    return deepcopy(_parsed(directory))
+
+
+@functools.cache
+def _parsed(directory: Path) -> list[Manifest]:
     documents: list[Manifest] = []
     for path in sorted(directory.glob("*.yaml")):
         with path.open(encoding="utf-8") as stream:
@@ -83,11 +129,32 @@ def load_manifests(directory: Path) -> list[Manifest]:
     return documents
 
 
-def the(kind: str, directory: Path = KUBERNETES) -> Manifest:
-    """The one manifest of ``kind`` in ``directory``."""
-    found = [m for m in load_manifests(directory) if m.get("kind") == kind]
-    assert len(found) == 1, f"expected exactly one {kind} in {directory}, found {len(found)}"
+def the(kind: str, directory: Path = KUBERNETES, *, name: str | None = None) -> Manifest:
+    """The one manifest of ``kind`` (and ``name``, if given) in ``directory``."""
+    found = [
+        m
+        for m in load_manifests(directory)
+        if m.get("kind") == kind and name in (None, m.get("metadata", {}).get("name"))
+    ]
+    what = kind if name is None else f"{kind} {name}"
+    assert len(found) == 1, f"expected exactly one {what} in {directory}, found {len(found)}"
     return found[0]
+
+
+def all_of(kind: str, directory: Path = KUBERNETES) -> list[Manifest]:
+    return [m for m in load_manifests(directory) if m.get("kind") == kind]
+
+
+def pod_labels() -> dict[str, str]:
+    labels: dict[str, str] = the("Deployment")["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def pod_annotations() -> dict[str, str]:
+    annotations: dict[str, str] = the("Deployment")["spec"]["template"]["metadata"].get(
+        "annotations", {}
+    )
+    return annotations
 
 
 def pod_spec() -> Manifest:
@@ -126,9 +193,21 @@ def default_of(flag: str) -> object:
     return setting(flag).default
 
 
-def effective_setting(flag: str) -> str:
-    """What the gateway in the pod uses for ``flag``: the Deployment's env var, else the image's
-    ENV, else the code's default."""
+def container_args() -> list[str]:
+    """The arguments the Deployment appends to the image's ``identity-gateway serve``."""
+    container = gateway_container()
+    assert "command" not in container, "the image's entrypoint should run the gateway"
+    return [str(arg) for arg in container.get("args", [])]
+
+
+def configured_setting(flag: str) -> str | None:
+    """What the gateway in the pod uses for ``flag``: the container's arguments, else the
+    Deployment's env var, else the image's ENV, else the code's default (None: unset)."""
+    from_args = getattr(
+        build_parser().parse_args(["serve", *container_args()]), setting(flag).field
+    )
+    if from_args is not None:
+        return str(from_args)
     name = env_name(flag)
     entry = deployment_env().get(name)
     if entry is not None:
@@ -138,8 +217,14 @@ def effective_setting(flag: str) -> str:
     if name in image_env:
         return image_env[name]
     default = default_of(flag)
-    assert default is not None, f"{name} is not set and has no default"
-    return str(default)
+    return None if default is None else str(default)
+
+
+def effective_setting(flag: str) -> str:
+    """:func:`configured_setting`, which must be set."""
+    value = configured_setting(flag)
+    assert value is not None, f"{env_name(flag)} is not set and has no default"
+    return value
 
 
 def port_of(address: str) -> int:
@@ -173,6 +258,207 @@ def prestop_sleep_seconds() -> float:
 
 def shutdown_grace() -> float:
     return float(effective_setting("shutdown-grace"))
+
+
+def serving_processes() -> int:
+    """Gateway processes that may serve at once: every replica plus the rollout's surge pod,
+    times the workers of each. Each paces itself toward every upstream."""
+    spec = the("Deployment")["spec"]
+    surge = spec["strategy"]["rollingUpdate"]["maxSurge"]
+    assert isinstance(surge, int), "use a pod count for maxSurge, so the share can be checked"
+    return (int(spec["replicas"]) + surge) * int(effective_setting("workers"))
+
+
+# ---- reading the mounted files ------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Mounted:
+    """Where a file in the pod comes from: a key of a ConfigMap or a Secret."""
+
+    kind: str  # "ConfigMap" or "Secret"
+    name: str
+    key: str
+    mount_path: PurePosixPath
+
+
+def volumes() -> dict[str, Manifest]:
+    return {volume["name"]: volume for volume in pod_spec().get("volumes", [])}
+
+
+def mounted(path: str | PurePosixPath) -> Mounted:
+    """The ConfigMap or Secret key the gateway container sees at ``path``."""
+    path = PurePosixPath(path)
+    assert path.is_absolute(), f"{path}: the pod's files are named by absolute paths"
+    for mount in gateway_container().get("volumeMounts", []):
+        base = PurePosixPath(mount["mountPath"])
+        if path.parent != base:
+            continue
+        assert "subPath" not in mount, f"{base}: a subPath mount never sees updates"
+        assert mount.get("readOnly") is True, f"{base} should be mounted read-only"
+        volume = volumes()[mount["name"]]
+        for kind, field in (("ConfigMap", "configMap"), ("Secret", "secret")):
+            if field not in volume:
+                continue
+            source = volume[field]
+            name = source["name" if kind == "ConfigMap" else "secretName"]
+            items = {item["path"]: item["key"] for item in source.get("items", [])}
+            assert not items or path.name in items, f"{path}: volume {mount['name']} lacks it"
+            return Mounted(kind, name, items.get(path.name, path.name), base)
+        raise AssertionError(f"{path}: volume {mount['name']} is no ConfigMap or Secret")
+    raise AssertionError(f"{path} is in no mounted volume")
+
+
+def manifest_data(kind: str, name: str) -> dict[str, str]:
+    """The keys and values of the ConfigMap or Secret ``name`` in deploy/kubernetes/."""
+    found = the(kind, name=name)
+    return {**found.get("data", {}), **found.get("stringData", {})}
+
+
+def mounted_text(path: str | PurePosixPath) -> str:
+    source = mounted(path)
+    data = manifest_data(source.kind, source.name)
+    assert source.key in data, f"{source.kind} {source.name} has no key {source.key!r}"
+    return data[source.key]
+
+
+# ---- reading the senders file -------------------------------------------------------------------
+
+
+def senders_path() -> PurePosixPath:
+    path = configured_setting("senders")
+    assert path is not None, "the Deployment should serve senders from a file (--senders)"
+    return PurePosixPath(path)
+
+
+def senders_text() -> str:
+    """senders.toml as the pod sees it, from its ConfigMap."""
+    return mounted_text(senders_path())
+
+
+def sender_tables() -> list[dict[str, Any]]:
+    tables: list[dict[str, Any]] = tomllib.loads(senders_text())["senders"]
+    return tables
+
+
+def senders_variables() -> set[str]:
+    """Every environment variable the senders file names (its ``*_env`` keys)."""
+    return {
+        str(value)
+        for table in sender_tables()
+        for key, value in table.items()
+        if key.endswith("_env")
+    }
+
+
+def senders_files() -> dict[str, PurePosixPath]:
+    """Every file the senders file names (``*_file`` keys and ``ca_file``), by sender and key."""
+    return {
+        f"{table['number']}.{key}": PurePosixPath(str(value))
+        for table in sender_tables()
+        for key, value in table.items()
+        if key.endswith("_file")
+    }
+
+
+def dummy_environ() -> dict[str, str]:
+    """A dummy value for every variable the senders file names."""
+    return {name: f"dummy-{name.lower()}" for name in senders_variables()}
+
+
+def parsed_senders() -> Senders:
+    """The senders file through the gateway's own parser (its files are not read here)."""
+    return parse_senders(senders_text(), Path("senders.toml"), dummy_environ())
+
+
+# ---- the pod, laid out under a directory --------------------------------------------------------
+
+
+def self_signed_pem(host: str) -> tuple[str, str]:
+    """A certificate for ``host`` and its unencrypted key, in PEM."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM).decode(), key_pem.decode()
+
+
+def mounted_directories() -> list[PurePosixPath]:
+    return [PurePosixPath(m["mountPath"]) for m in gateway_container().get("volumeMounts", [])]
+
+
+def moved(root: Path, value: str) -> str:
+    """``value`` (a path, or ``--flag=path``) under ``root`` if it is in a mounted volume."""
+    flag, equals, path = value.rpartition("=")
+    inside = any(PurePosixPath(path).is_relative_to(base) for base in mounted_directories())
+    return f"{flag}{equals}{root}{path}" if inside and path.startswith("/") else value
+
+
+def pod_environ(root: Path) -> dict[str, str]:
+    """The gateway container's environment, its files laid out under ``root``.
+
+    Every mounted ConfigMap and Secret key is written to ``root`` + its path in the pod, with the
+    examples' placeholders replaced by stand-ins: any CA bundle for WhatsApp's CA, a fresh
+    certificate and key for the webhook listener. Paths in the environment and in the senders
+    file are moved under ``root``; each Secret reference gets a dummy value."""
+    mount_paths = mounted_directories()
+
+    def write(path: str | PurePosixPath, text: str) -> None:
+        target = Path(f"{root}{path}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+
+    for mount in gateway_container()["volumeMounts"]:
+        volume = volumes()[mount["name"]]
+        source = volume.get("configMap") or volume.get("secret") or {}
+        kind = "ConfigMap" if "configMap" in volume else "Secret"
+        data = manifest_data(kind, source.get("name") or source["secretName"])
+        items = source.get("items") or [{"key": key, "path": key} for key in data]
+        for item in items:
+            write(PurePosixPath(mount["mountPath"]) / item["path"], data[item["key"]])
+    for table in sender_tables():
+        if "ca_file" in table:
+            write(table["ca_file"], Path(certifi.where()).read_text(encoding="utf-8"))
+    cert, key = configured_setting("webhook-tls-cert"), configured_setting("webhook-tls-key")
+    if cert is not None and key is not None:
+        cert_pem, key_pem = self_signed_pem("identity-gateway.identity.svc")
+        write(cert, cert_pem)
+        write(key, key_pem)
+    senders = senders_path()
+    text = senders_text()
+    for base in mount_paths:
+        text = text.replace(f'"{base}/', f'"{root}{base}/')
+    write(senders, text)
+
+    environ = dockerfile_env(final_stage(dockerfile()))
+    for name, entry in deployment_env().items():
+        if "value" in entry:
+            environ[name] = moved(root, str(entry["value"]))
+        elif "secretKeyRef" in entry.get("valueFrom", {}):
+            environ[name] = f"dummy-{name.lower()}"
+    return environ
+
+
+def pod_config(root: Path) -> GatewayConfig:
+    """The configuration the gateway in the pod starts with (files under ``root``)."""
+    environ = pod_environ(root)
+    args = build_parser().parse_args(["serve", *(moved(root, a) for a in container_args())])
+    return config_from_args(args, environ)
 
 
 # ---- reading the Dockerfile ---------------------------------------------------------------------
@@ -319,7 +605,12 @@ def test_dockerfile_stops_with_the_signal_that_drains() -> None:
 def test_dockerfile_exposes_the_deployment_container_ports() -> None:
     exposed = exposed_ports(final_stage(dockerfile()))
     declared = {int(p["containerPort"]) for p in gateway_container()["ports"]}
-    assert exposed == declared
+    assert exposed <= declared, f"the Deployment does not declare {sorted(exposed - declared)}"
+    # The image turns webhooks off by default (no IDENTITY_GATEWAY_WEBHOOK_LISTEN), so it need
+    # not expose the port the Deployment gives them.
+    webhook = {container_port("webhook")} if configured_setting("webhook-listen") else set()
+    missing = declared - exposed - webhook
+    assert not missing, f"the image does not expose {sorted(missing)}"
 
 
 def test_image_environment_names_real_settings_and_matches_exposed_ports() -> None:
@@ -479,44 +770,48 @@ def test_every_gateway_env_var_is_a_real_setting() -> None:
     assert not unknown, f"the gateway does not read {sorted(unknown)}"
 
 
-def test_deployment_settings_pass_the_gateways_own_validation() -> None:
-    environ = dockerfile_env(final_stage(dockerfile()))
-    for name, entry in deployment_env().items():
-        if "value" in entry:
-            environ[name] = str(entry["value"])
-        elif name in SECRET_ENV:
-            environ[name] = "a-placeholder"
-    # The CA ConfigMap is mounted in the pod; here any readable CA bundle stands in for it.
-    if env_name("upstream-ca-file") in environ:
-        environ[env_name("upstream-ca-file")] = certifi.where()
-    args = build_parser().parse_args(["serve"])
-    config = config_from_args(args, environ)  # raises ConfigError on a bad value
-    prepare(config)  # the start-up checks of files (the CA bundle): ConfigError too
-    assert config.upstream_url.startswith("https://")
-    assert not config.upstream_insecure
+def test_deployment_settings_pass_the_gateways_own_validation(tmp_path: Path) -> None:
+    # The pod's files and environment, with stand-ins for the placeholders: what stops a pod
+    # with exit 2 (a bad setting, a sender the file gets wrong, an unreadable CA or key) fails
+    # here.
+    config = pod_config(tmp_path)  # raises ConfigError on a bad value or senders file
+    runtime = prepare(config)  # the start-up checks of files (CA bundles, webhook TLS)
+    assert config.senders is not None, "the Deployment should serve senders from a file"
+    for sender in config.senders.senders:
+        assert sender.url.startswith("https://"), sender.number
+        assert not sender.insecure, sender.number
+    assert config.webhook_listen is not None
+    assert not config.webhook_allow_unauthenticated, "webhooks must be authenticated"
+    assert runtime.webhook_tls is not None, "the webhook secret would cross the network in clear"
 
 
-def test_upstream_password_comes_from_a_secret_and_nothing_secret_is_inlined() -> None:
+def test_secrets_come_from_the_secret_and_nothing_secret_is_inlined() -> None:
     env = deployment_env()
-    password = env[ENV_PREFIX + "UPSTREAM_PASSWORD"]
-    assert "value" not in password
-    reference = password["valueFrom"]["secretKeyRef"]
-    example = the("Secret")
-    assert reference["name"] == example["metadata"]["name"]
-    assert reference["key"] in {**example.get("data", {}), **example.get("stringData", {})}
-    assert not reference.get("optional", False), "a missing Secret must stop the pod starting"
+    examples = {m["metadata"]["name"]: m for m in all_of("Secret")}
+    references = 0
     for name, entry in env.items():
-        secret_name = name in SECRET_ENV or re.search(r"PASSWORD|TOKEN|SECRET", name)
+        reference = entry.get("valueFrom", {}).get("secretKeyRef")
+        if reference is not None:
+            references += 1
+            assert reference["name"] in examples, f"{name}: no Secret {reference['name']} shown"
+            assert reference["key"] in manifest_data("Secret", reference["name"]), name
+            assert not reference.get("optional", False), (
+                f"{name}: a missing Secret must stop the pod starting"
+            )
+        secret_name = re.search(r"PASSWORD|TOKEN|SECRET|API_KEY", name)
         if secret_name and not name.endswith("_FILE"):  # a file path is not the secret
             assert "value" not in entry, f"{name} has an inline value"
+    assert references, "no secret reaches the gateway"
 
 
-def test_example_secret_holds_only_a_placeholder() -> None:
-    example = the("Secret")
-    values = {**example.get("stringData", {}), **example.get("data", {})}
-    assert values
-    for key, value in values.items():
-        assert "REPLACE" in str(value).upper(), f"secret.yaml {key}: not an obvious placeholder"
+def test_example_secrets_hold_only_placeholders() -> None:
+    examples = all_of("Secret")
+    assert examples
+    for example in examples:
+        values = {**example.get("stringData", {}), **example.get("data", {})}
+        assert values
+        for key, value in values.items():
+            assert "REPLACE" in str(value).upper(), f"secret.yaml {key}: not a placeholder"
 
 
 def test_termination_grace_period_outlasts_the_drain() -> None:
@@ -541,11 +836,9 @@ def test_metrics_container_port_is_the_metrics_listen_port() -> None:
 
 def test_pods_together_stay_within_whatsapps_rate_limit() -> None:
     # Every gateway process paces itself, so the limits add up across workers and pods, counting
-    # the surge pod that serves alongside the others during a rollout.
-    spec = the("Deployment")["spec"]
-    surge = spec["strategy"]["rollingUpdate"]["maxSurge"]
-    assert isinstance(surge, int), "use a pod count for maxSurge, so the share can be checked"
-    processes = (spec["replicas"] + surge) * int(effective_setting("workers"))
+    # the surge pod that serves alongside the others during a rollout. This is the default for a
+    # sender without its own `rate_limit`.
+    processes = serving_processes()
     rate = float(effective_setting("upstream-rate-limit"))
     assert rate > 0, "0 turns the gateway's pacing toward WhatsApp off"
     assert processes * rate <= WHATSAPP_REQUESTS_PER_SECOND
@@ -561,17 +854,14 @@ def test_every_worker_metrics_port_is_declared() -> None:
     assert not missing, f"{workers} workers serve metrics on undeclared ports {sorted(missing)}"
 
 
-def test_ca_file_setting_points_at_the_mounted_ca() -> None:
-    ca_file = PurePosixPath(effective_setting("upstream-ca-file"))
-    mounts = {PurePosixPath(m["mountPath"]): m["name"] for m in gateway_container()["volumeMounts"]}
-    assert ca_file.parent in mounts, f"{ca_file} is not in a mounted volume"
-    volumes = {v["name"]: v for v in pod_spec()["volumes"]}
-    config_map = volumes[mounts[ca_file.parent]]["configMap"]
-    keys = {item["path"]: item["key"] for item in config_map.get("items", [])}
-    key = keys.get(ca_file.name, ca_file.name)
-    example = the("ConfigMap")
-    assert config_map["name"] == example["metadata"]["name"]
-    assert key in example["data"]
+def test_onprem_ca_files_are_the_mounted_whatsapp_ca() -> None:
+    onprem = [t for t in sender_tables() if t["backend"] == ONPREM]
+    assert onprem, "the example should show an On-Premises sender"
+    for table in onprem:
+        assert "ca_file" in table, f"sender {table['number']}: WhatsApp's CA is self-signed"
+        source = mounted(str(table["ca_file"]))
+        assert (source.kind, source.name) == ("ConfigMap", "whatsapp-ca"), source
+        assert source.key in manifest_data("ConfigMap", "whatsapp-ca")
 
 
 def test_gateway_container_is_non_root_read_only_and_without_capabilities() -> None:
@@ -616,7 +906,7 @@ def test_service_grpc_port_speaks_grpc_and_targets_the_container_port() -> None:
 
 
 def test_service_and_policies_select_the_gateway_pods() -> None:
-    pod_labels = the("Deployment")["spec"]["template"]["metadata"]["labels"]
+    labels = pod_labels()
     selectors = [the("Service")["spec"]["selector"]]
     selectors += [
         m["spec"]["selector"]["matchLabels"]
@@ -624,9 +914,229 @@ def test_service_and_policies_select_the_gateway_pods() -> None:
         if "selector" in m["spec"]
     ]
     selectors += [the("PodDisruptionBudget")["spec"]["selector"]["matchLabels"]]
+    selectors += [the("NetworkPolicy")["spec"]["podSelector"]["matchLabels"]]
     for selector in selectors:
         assert selector
-        assert selector.items() <= pod_labels.items(), selector
+        assert selector.items() <= labels.items(), selector
+
+
+# ---- the senders file ---------------------------------------------------------------------------
+
+
+def test_senders_file_parses_with_the_gateways_own_parser() -> None:
+    senders = parsed_senders()  # raises ConfigError naming the sender and the key
+    backends = {sender.backend for sender in senders.senders}
+    assert {ONPREM, INFOBIP} <= backends, "the example should show both backends"
+    assert senders.default in senders.by_number
+    for sender in senders.senders:
+        assert sender.url.startswith("https://"), sender.number
+        assert not sender.insecure, sender.number
+
+
+def test_senders_file_is_mounted_read_only_from_an_applied_config_map() -> None:
+    source = mounted(senders_path())  # also: read-only, no subPath
+    assert source.kind == "ConfigMap"
+    applied = the("ConfigMap", name=source.name)["_file"]
+    assert applied in the("Kustomization")["resources"], f"{applied} is never applied"
+    assert source.key in manifest_data("ConfigMap", source.name)
+
+
+def test_every_variable_the_senders_file_names_comes_from_a_secret() -> None:
+    env = deployment_env()
+    variables = senders_variables()
+    assert variables, "the example should name its secrets by *_env"
+    for name in variables:
+        assert name in env, f"the senders file names {name}, which the Deployment does not set"
+        assert "secretKeyRef" in env[name].get("valueFrom", {}), f"{name} is not from a Secret"
+        assert not name.startswith(ENV_PREFIX), f"{name} could be taken for a gateway setting"
+
+
+def test_every_file_the_senders_file_names_is_mounted() -> None:
+    for where, path in senders_files().items():
+        source = mounted(path)  # raises if no read-only volume holds it
+        if where.endswith("ca_file"):
+            continue  # a CA certificate is public: a ConfigMap will do
+        assert source.kind == "Secret", f"{where} = {path}: a secret file must come from a Secret"
+
+
+def test_every_file_setting_points_into_a_mounted_volume() -> None:
+    for candidate in SETTINGS:
+        if candidate.kind is not Path:
+            continue
+        value = configured_setting(candidate.flag)
+        if value is not None:
+            source = mounted(value)
+            assert source.key in manifest_data(source.kind, source.name), candidate.flag
+
+
+def test_no_flag_mode_setting_is_set_alongside_the_senders_file() -> None:
+    assert configured_setting("senders") is not None
+    env = deployment_env()
+    image_env = dockerfile_env(final_stage(dockerfile()))
+    for name in FLAG_MODE_ENV:
+        assert name not in env, f"{name}: the gateway refuses it with --senders (exit 2)"
+        assert name not in image_env, f"the image sets {name}"
+    for flag in FLAG_MODE_FLAGS:
+        given = [a for a in container_args() if a.partition("=")[0] == f"--{flag}"]
+        assert not given, f"--{flag}: the gateway refuses it with --senders (exit 2)"
+
+
+@pytest.mark.parametrize("name", sorted(FLAG_MODE_ENV))
+def test_the_gateway_refuses_every_flag_mode_setting_alongside_senders(
+    name: str, tmp_path: Path
+) -> None:
+    # The list above is the gateway's: each one stops a pod that has a senders file.
+    environ = pod_environ(tmp_path)
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("a-placeholder", encoding="utf-8")
+    values = {
+        env_name("upstream-url"): "https://whatsapp.example",
+        env_name("upstream-username"): "gateway",
+        env_name("upstream-ca-file"): certifi.where(),
+        env_name("upstream-insecure"): "true",
+    }
+    environ[name] = values.get(name, str(secret_file) if name.endswith("_FILE") else "a-secret")
+    args = build_parser().parse_args(["serve", *(moved(tmp_path, a) for a in container_args())])
+    with pytest.raises(ConfigError, match="--senders and"):
+        config_from_args(args, environ)
+
+
+def test_every_env_var_is_a_setting_or_named_by_the_senders_file() -> None:
+    known = SETTING_ENV | senders_variables()
+    unknown = set(deployment_env()) - known
+    assert not unknown, f"nothing reads {sorted(unknown)}"
+
+
+def test_each_senders_pods_together_stay_within_its_upstreams_rate_limit(tmp_path: Path) -> None:
+    # A sender's `rate_limit` is per process too, so the file gives each its share.
+    config = pod_config(tmp_path)
+    assert config.senders is not None
+    processes = serving_processes()
+    limits = {ONPREM: WHATSAPP_REQUESTS_PER_SECOND, INFOBIP: INFOBIP_REQUESTS_PER_SECOND}
+    for sender in config.senders.senders:
+        rate, burst = pace_of(sender, config)
+        assert rate > 0, f"sender {sender.number}: 0 turns pacing off"
+        assert processes * rate <= limits[sender.backend], sender.number
+        # The burst is not set per sender (IDENTITY_GATEWAY_UPSTREAM_BURST for all), so only
+        # WhatsApp's documented burst can be checked.
+        if sender.backend == ONPREM:
+            assert processes * burst <= WHATSAPP_BURST, sender.number
+
+
+# ---- webhooks -----------------------------------------------------------------------------------
+
+
+def test_webhook_container_port_is_the_webhook_listen_port() -> None:
+    listen = configured_setting("webhook-listen")
+    assert listen is not None, "the Deployment should take On-Premises webhooks"
+    assert port_of(listen) == container_port("webhook")
+
+
+def test_every_onprem_sender_authenticates_its_webhooks() -> None:
+    for sender in parsed_senders().senders:
+        if sender.backend == ONPREM:
+            assert sender.webhook_secret is not None, f"sender {sender.number}: no webhook secret"
+    assert configured_setting("webhook-allow-unauthenticated") in (None, "False", "false")
+
+
+def webhook_service_port() -> Manifest:
+    webhook = container_port("webhook")
+    ports: list[Manifest] = the("Service")["spec"]["ports"]
+    found = [p for p in ports if p["targetPort"] in ("webhook", webhook)]
+    assert len(found) == 1, "the WhatsApp client reaches webhooks through the Service"
+    return found[0]
+
+
+def test_webhook_port_bypasses_the_sidecar() -> None:
+    # The gateway terminates the webhook's TLS itself, for clients in the mesh or not.
+    excluded = pod_annotations().get(EXCLUDE_INBOUND_PORTS, "")
+    ports = {int(p) for p in excluded.split(",") if p.strip()}
+    assert container_port("webhook") in ports
+    assert container_port("grpc") not in ports, "gRPC must stay behind the sidecar (mTLS)"
+    tls = configured_setting("webhook-tls-cert") is not None
+    assert webhook_service_port()["appProtocol"] == ("https" if tls else "http")
+
+
+def test_mesh_clients_do_not_wrap_the_webhook_in_istio_mtls() -> None:
+    # The webhook port has no sidecar to unwrap Istio mTLS, so callers' sidecars must not add it.
+    settings = the("DestinationRule", ISTIO)["spec"]["trafficPolicy"].get("portLevelSettings", [])
+    by_port = {entry["port"]["number"]: entry for entry in settings}
+    port = webhook_service_port()["port"]
+    assert port in by_port, f"the DestinationRule's mTLS would reach port {port}"
+    assert by_port[port]["tls"]["mode"] == "DISABLE"
+    for route in http_routes():
+        assert port not in [m.get("port") for m in route.get("match", [])]
+
+
+# ---- the NetworkPolicy --------------------------------------------------------------------------
+
+
+def ingress_rules() -> list[Manifest]:
+    rules: list[Manifest] = the("NetworkPolicy")["spec"].get("ingress", [])
+    return rules
+
+
+def policy_port(port: int | str) -> int:
+    """A NetworkPolicy port: a number, or the name of one of the gateway's container ports."""
+    return int(port) if isinstance(port, int) or port.isdigit() else container_port(port)
+
+
+def admits(rule: Manifest, port: int) -> bool:
+    """Whether an ingress rule admits TCP ``port`` (from its sources)."""
+    entries = rule.get("ports") or []
+    if not entries:
+        return True  # no ports: every port
+    for entry in entries:
+        if entry.get("protocol", "TCP") != "TCP":
+            continue
+        if "port" not in entry:
+            return True  # every port of the protocol
+        low = policy_port(entry["port"])
+        if low <= port <= int(entry.get("endPort", low)):
+            return True
+    return False
+
+
+def from_anywhere(rule: Manifest) -> bool:
+    return not rule.get("from")  # no sources: every source
+
+
+def test_network_policy_selects_the_gateway_pods_and_leaves_egress_open() -> None:
+    spec = the("NetworkPolicy")["spec"]
+    selector = spec["podSelector"]["matchLabels"]
+    assert selector
+    assert selector.items() <= pod_labels().items()
+    assert spec["policyTypes"] == ["Ingress"], "egress is not restricted by this kit"
+
+
+def test_network_policy_leaves_grpc_and_metrics_open() -> None:
+    webhook = container_port("webhook")
+    open_ports = [
+        int(p["containerPort"])
+        for p in gateway_container()["ports"]
+        if p["containerPort"] != webhook
+    ]
+    for port in [*open_ports, ISTIO_AGENT_PORT]:
+        assert any(admits(r, port) and from_anywhere(r) for r in ingress_rules()), port
+
+
+def test_network_policy_admits_the_webhook_port_only_from_the_whatsapp_client() -> None:
+    webhook = container_port("webhook")
+    rules = [rule for rule in ingress_rules() if admits(rule, webhook)]
+    assert len(rules) == 1, "one rule, for the WhatsApp client, should admit the webhook port"
+    peers = rules[0].get("from") or []
+    assert peers, "the webhook port is open to everyone"
+    for peer in peers:
+        # A pod selector alone would mean the gateway's namespace, a namespace selector alone
+        # every pod there: both together name the WhatsApp client's pods in its namespace.
+        assert "ipBlock" not in peer, "adapt this test if the client is outside the cluster"
+        namespaces = peer.get("namespaceSelector") or {}
+        pods = peer.get("podSelector") or {}
+        assert namespaces.get("matchLabels") or namespaces.get("matchExpressions"), peer
+        assert pods.get("matchLabels") or pods.get("matchExpressions"), peer
+        labels = pods.get("matchLabels", {})
+        assert not labels.items() <= pod_labels().items(), "it selects the gateway itself"
+        assert "whatsapp" in json.dumps(peer), f"{peer} does not look like the WhatsApp client"
 
 
 # ---- Istio --------------------------------------------------------------------------------------

@@ -32,7 +32,8 @@ from whatsapp_emulator.emulator import (
     run_emulator,
 )
 
-from gateway.serving.webhooks import IdentityChangeReport, WebhookServer, parse_webhook
+from gateway.backends.onprem.webhook import IdentityChangeReport, parse_webhook
+from gateway.serving.webhooks import WebhookServer
 from tests.conftest import wait_until
 from tests.emulator_control import EmulatorControl
 
@@ -703,8 +704,10 @@ class Receiver:
 
     def __init__(self) -> None:
         self.reports: list[IdentityChangeReport] = []
+        self.senders: set[str] = set()
 
-    async def on_changes(self, reports: list[IdentityChangeReport]) -> None:
+    async def on_changes(self, sender: str, reports: list[IdentityChangeReport]) -> None:
+        self.senders.add(sender)
         self.reports.extend(reports)
 
 
@@ -747,6 +750,7 @@ async def test_identity_change_through_the_control_api_is_delivered_as_a_webhook
     assert (delivery["url"], delivery["status"], delivery["error"]) == (url, 200, None)
     assert delivery["ok"] is True
     assert sink.reports == [IdentityChangeReport(KNOWN, NEW_HASH, 1700000000000)]
+    assert sink.senders == {""}  # /webhook: the listener's one unnamed sender
     [message] = delivery["payload"]["messages"]
     assert message["id"].startswith("ABGG")
     assert {k: v for k, v in message.items() if k != "id"} == {

@@ -138,10 +138,21 @@ async def test_a_webhook_to_one_replica_reaches_a_watcher_on_another(
     wa_id = new_wa_id()
     emulator.state.set_identity(wa_id, OLD, acknowledged=True)
     webhook_port = free_port()
+    secret_file = tmp_path / "webhook-secret"
+    secret_file.write_text("replica-webhook-s3cret\n")
     async with replicas(
-        emulator, tmp_path, shared_redis, "--webhook-listen", f"127.0.0.1:{webhook_port}"
+        emulator,
+        tmp_path,
+        shared_redis,
+        "--webhook-listen",
+        f"127.0.0.1:{webhook_port}",
+        "--webhook-secret-file",
+        str(secret_file),
     ) as (_, two):
-        emulator.state.update_settings(webhook_url=f"http://127.0.0.1:{webhook_port}/webhook")
+        emulator.state.update_settings(
+            webhook_url=f"http://127.0.0.1:{webhook_port}/webhook",
+            webhook_secret="replica-webhook-s3cret",
+        )
         async with grpc.aio.insecure_channel(two.address) as channel:
             stub = identity_pb2_grpc.IdentityServiceStub(channel)
             stream = stub.WatchIdentityChanges(

@@ -1,9 +1,11 @@
 """The whole local loop: an identity changes in the emulator → its webhook → the gateway's
-cache → a watcher's stream."""
+cache → a watcher's stream. The emulator authenticates its webhooks with the secret the gateway
+was given (``Authorization: Bearer <secret>``), as a WhatsApp client would."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 from whatsapp.identity.v1 import identity_pb2
@@ -15,6 +17,14 @@ from tests.conftest import GatewayFactory, new_wa_id, wait_until
 pytestmark = pytest.mark.integration
 
 OLD, NEW = "UKD6Y/5SqDU=", "bmV3SGFzaA=="
+SECRET = "loop-webhook-s3cret"
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[RunningEmulator]:
+    """conftest's emulator, sending its webhooks with the gateway's secret."""
+    async with RunningEmulator(webhook_secret=SECRET) as running:
+        yield running
 
 
 async def test_a_change_in_whatsapp_reaches_the_cache_and_a_watcher_through_the_webhook(
@@ -22,10 +32,11 @@ async def test_a_change_in_whatsapp_reaches_the_cache_and_a_watcher_through_the_
 ) -> None:
     wa_id = new_wa_id()
     emulator.state.set_identity(wa_id, OLD, acknowledged=True)
-    async with gateway_factory(webhook_listen="127.0.0.1:0") as gateway:
+    async with gateway_factory(webhook_listen="127.0.0.1:0", webhook_secret=SECRET) as gateway:
         port = gateway.server.webhook_port
         assert port is not None
         emulator.state.update_settings(webhook_url=f"http://127.0.0.1:{port}/webhook")
+        assert emulator.state.settings.webhook_secret == SECRET
         assert (await gateway.get(wa_id)).response.identity.hash == OLD  # cached
         stream = gateway.stub.WatchIdentityChanges(
             identity_pb2.WatchIdentityChangesRequest(wa_ids=[wa_id])
@@ -44,14 +55,40 @@ async def test_a_change_in_whatsapp_reaches_the_cache_and_a_watcher_through_the_
     assert (read.response.identity.hash, read.response.identity.acknowledged) == (NEW, False)
     assert read.response.cache_hit is True
     assert emulator.state.count("GET") == 1  # only the first read went to WhatsApp
+    [delivery] = emulator.state.webhook_deliveries
+    assert (delivery.status, delivery.ok) == (200, True)
+
+
+async def test_a_webhook_with_the_wrong_secret_is_refused_and_changes_nothing(
+    emulator: RunningEmulator, gateway_factory: GatewayFactory
+) -> None:
+    wa_id = new_wa_id()
+    emulator.state.set_identity(wa_id, OLD, acknowledged=True)
+    async with gateway_factory(webhook_listen="127.0.0.1:0", webhook_secret="another") as gateway:
+        port = gateway.server.webhook_port
+        assert port is not None
+        emulator.state.update_settings(webhook_url=f"http://127.0.0.1:{port}/webhook")
+        assert (await gateway.get(wa_id)).response.identity.hash == OLD  # cached
+
+        emulator.state.set_identity(wa_id, NEW)
+        assert await wait_until(lambda: len(emulator.state.webhook_deliveries) == 1)
+        read = await gateway.get(wa_id)
+
+    [delivery] = emulator.state.webhook_deliveries
+    assert (delivery.status, delivery.ok) == (401, False)  # WhatsApp would deliver it again
+    assert (read.response.identity.hash, read.response.identity.acknowledged) == (OLD, True)
+    assert read.response.cache_hit is True
 
 
 def test_the_webhook_endpoint_needs_a_valid_address() -> None:
     from gateway.app.config import ConfigError, GatewayConfig
 
-    with pytest.raises(ConfigError, match="--webhook-listen"):
+    with pytest.raises(ConfigError, match="--webhook-listen must be HOST:PORT"):
         GatewayConfig(
-            upstream_url="http://127.0.0.1:9", upstream_token="t", webhook_listen="nowhere"
+            upstream_url="http://127.0.0.1:9",
+            upstream_token="t",
+            webhook_listen="nowhere",
+            webhook_secret=SECRET,
         )
 
 

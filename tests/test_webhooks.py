@@ -12,13 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.serving.webhooks import (
-    MAX_WEBHOOK_BODY_BYTES,
-    IdentityChangeReport,
-    WebhookError,
-    WebhookServer,
-    parse_webhook,
-)
+from gateway.backends.onprem.webhook import IdentityChangeReport, WebhookError, parse_webhook
+from gateway.serving.webhooks import MAX_WEBHOOK_BODY_BYTES, WebhookSender, WebhookServer
 
 USER = "16315553601"
 OTHER = "16315551234"
@@ -292,15 +287,18 @@ def test_webhook_error_is_a_value_error() -> None:
 
 
 class Recorder:
-    """An on_changes callback that records every batch, and can be made to fail or hang."""
+    """An on_changes callback that records every batch and the sender it came for, and can be
+    made to fail or hang."""
 
     def __init__(self) -> None:
         self.batches: list[list[IdentityChangeReport]] = []
+        self.senders: list[str] = []
         self.called = asyncio.Event()
         self.fail = False
         self.hang = False
 
-    async def __call__(self, reports: list[IdentityChangeReport]) -> None:
+    async def __call__(self, sender: str, reports: list[IdentityChangeReport]) -> None:
+        self.senders.append(sender)
         self.batches.append(reports)
         self.called.set()
         if self.fail:
@@ -341,6 +339,7 @@ async def test_valid_webhook_is_handed_over_and_answered_with_the_count(
             IdentityChangeReport(OTHER, HASH, 1602535356123),
         ]
     ]
+    assert recorder.senders == [""]  # without senders: the one unnamed sender, flag mode's
 
 
 async def test_webhook_without_identity_changes_is_accepted_without_a_callback(
@@ -438,26 +437,135 @@ async def test_server_url_names_the_webhook_path(server: WebhookServer) -> None:
     assert server.port > 0
 
 
-async def test_server_on_a_custom_path_serves_only_there(recorder: Recorder) -> None:
-    async with (
-        WebhookServer("127.0.0.1", 0, recorder, path="/hooks/whatsapp") as server,
-        httpx.AsyncClient() as client,
-    ):
-        assert server.url.endswith("/hooks/whatsapp")
-        there = await client.post(server.url, content=body(system_message()))
-        elsewhere = await client.post(
-            f"http://127.0.0.1:{server.port}/webhook", content=body(system_message())
+# Routing: /webhook is the default sender's, /webhook/{number} a named sender's.
+
+FIRST, SECOND = "15550001111", "15550002222"
+
+
+@pytest.fixture
+async def two_senders(recorder: Recorder) -> AsyncIterator[WebhookServer]:
+    """A listener for two named senders (no secrets), FIRST the default."""
+    senders = {number: WebhookSender(number) for number in (FIRST, SECOND)}
+    async with WebhookServer("127.0.0.1", 0, recorder, senders=senders, default=FIRST) as running:
+        yield running
+
+
+async def test_a_named_senders_path_hands_its_number_to_the_callback(
+    two_senders: WebhookServer, recorder: Recorder
+) -> None:
+    async with httpx.AsyncClient() as client:
+        second = await client.post(two_senders.url_of(SECOND), content=body(system_message()))
+        first = await client.post(
+            two_senders.url_of(FIRST), content=body(system_message(identity=NEW_HASH))
         )
 
-    assert (there.status_code, elsewhere.status_code) == (200, 404)
-    assert len(recorder.batches) == 1
+    assert (second.status_code, second.json()) == (200, {"accepted": 1})
+    assert (first.status_code, first.json()) == (200, {"accepted": 1})
+    assert recorder.senders == [SECOND, FIRST]
+    assert recorder.batches == [
+        [IdentityChangeReport(USER, HASH, 1602535356000)],
+        [IdentityChangeReport(USER, NEW_HASH, 1602535356000)],
+    ]
+
+
+async def test_the_plain_path_is_the_default_senders(
+    two_senders: WebhookServer, recorder: Recorder
+) -> None:
+    async with httpx.AsyncClient() as client:
+        response = await client.post(two_senders.url, content=body(system_message()))
+
+    assert response.status_code == 200
+    assert recorder.senders == [FIRST]
+
+
+@pytest.mark.parametrize(
+    "number",
+    ["15550003333", "1555000111", "155500011110", "default", "%2e%2e", "15550001111%2F"],
+    ids=["unknown", "prefix", "longer", "word", "dot-dot", "encoded-slash"],
+)
+async def test_a_number_not_among_the_senders_is_404_and_never_handed_over(
+    two_senders: WebhookServer, recorder: Recorder, number: str
+) -> None:
+    async with httpx.AsyncClient() as client:
+        response = await client.post(
+            f"{two_senders.base_url}/webhook/{number}", content=body(system_message())
+        )
+
+    assert response.status_code == 404
+    assert recorder.batches == []
+
+
+async def test_the_unnamed_senders_path_takes_no_number(
+    client: httpx.AsyncClient, recorder: Recorder
+) -> None:
+    # Without senders there is one unnamed sender: only /webhook reaches it.
+    for path in ("/webhook/15550001111", "/webhook/", "/webhook/x"):
+        response = await client.post(path, content=body(system_message()))
+        assert response.status_code == 404, path
+
+    assert recorder.batches == []
+
+
+async def test_without_a_default_sender_the_plain_path_is_404(recorder: Recorder) -> None:
+    senders = {SECOND: WebhookSender(SECOND)}
+    async with (
+        WebhookServer("127.0.0.1", 0, recorder, senders=senders, default=None) as server,
+        httpx.AsyncClient() as client,
+    ):
+        plain = await client.post(server.url, content=body(system_message()))
+        named = await client.post(server.url_of(SECOND), content=body(system_message()))
+
+    assert (plain.status_code, named.status_code) == (404, 200)
+    assert recorder.senders == [SECOND]
+
+
+async def test_a_default_that_takes_no_webhooks_is_404_on_the_plain_path(
+    recorder: Recorder,
+) -> None:
+    # The default sender is not an On-Premises one (say Infobip): it is not among the senders.
+    senders = {SECOND: WebhookSender(SECOND)}
+    async with (
+        WebhookServer("127.0.0.1", 0, recorder, senders=senders, default=FIRST) as server,
+        httpx.AsyncClient() as client,
+    ):
+        plain = await client.post(server.url, content=body(system_message()))
+        named = await client.post(server.url_of(FIRST), content=body(system_message()))
+
+    assert (plain.status_code, named.status_code) == (404, 404)
+    assert recorder.batches == []
+
+
+async def test_a_senders_secret_is_checked_on_its_own_path_only(recorder: Recorder) -> None:
+    senders = {FIRST: WebhookSender(FIRST, "first-s3cret"), SECOND: WebhookSender(SECOND)}
+    async with (
+        WebhookServer("127.0.0.1", 0, recorder, senders=senders, default=FIRST) as server,
+        httpx.AsyncClient() as client,
+    ):
+        refused = await client.post(server.url, content=body(system_message()))
+        open_one = await client.post(server.url_of(SECOND), content=body(system_message()))
+        bearer = {"Authorization": "Bearer first-s3cret"}
+        accepted = await client.post(
+            server.url_of(FIRST), content=body(system_message()), headers=bearer
+        )
+
+    assert refused.status_code == 401
+    assert refused.headers["WWW-Authenticate"].startswith("Basic ")
+    assert (open_one.status_code, accepted.status_code) == (200, 200)
+    assert recorder.senders == [SECOND, FIRST]
+
+
+async def test_url_of_names_a_senders_path(two_senders: WebhookServer) -> None:
+    assert two_senders.url_of(SECOND) == f"http://127.0.0.1:{two_senders.port}/webhook/{SECOND}"
+
+
+async def test_urls_are_unknown_once_stopped(recorder: Recorder) -> None:
+    async with WebhookServer("127.0.0.1", 0, recorder) as server:
+        assert server.url.endswith("/webhook")
+
     with pytest.raises(RuntimeError):
         _ = server.url
-
-
-def test_server_path_must_start_with_a_slash(recorder: Recorder) -> None:
-    with pytest.raises(ValueError, match="path"):
-        WebhookServer("127.0.0.1", 0, recorder, path="webhook")
+    with pytest.raises(RuntimeError):
+        _ = server.url_of(FIRST)
 
 
 @pytest.fixture

@@ -115,7 +115,10 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Ga
     and the authorization policy are read here, once."""
     values = settings.read(args, environ)
     senders_path = values["senders"]
-    senders = load_senders(senders_path, environ) if isinstance(senders_path, Path) else None
+    senders = None
+    if isinstance(senders_path, Path):
+        _refuse_flag_mode_sender(values, environ)  # before any file is read
+        senders = load_senders(senders_path, environ)
     password = _secret(values["upstream-password-file"], environ, "upstream-password")
     token = _secret(values["upstream-token-file"], environ, "upstream-token")
     if senders is None and values["upstream-username"] is None:
@@ -135,6 +138,35 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Ga
         webhook_secret=_secret(values["webhook-secret-file"], environ, "webhook-secret"),
         senders=senders,
         authz_policy=read_policy(policy_path) if isinstance(policy_path, Path) else None,
+    )
+
+
+# What would describe a flag-mode sender beside a senders file: refused with --senders.
+_FLAG_MODE_SETTINGS = (
+    "upstream-url",
+    "upstream-username",
+    "upstream-password-file",
+    "upstream-token-file",
+    "upstream-ca-file",
+    "upstream-insecure",
+    "webhook-secret-file",
+)
+_FLAG_MODE_SECRETS = ("upstream-password", "upstream-token", "webhook-secret")
+
+
+def _refuse_flag_mode_sender(values: Mapping[str, object], environ: Mapping[str, str]) -> None:
+    for flag in _FLAG_MODE_SETTINGS:
+        if values[flag] not in (None, False, ""):
+            _conflict(f"--{flag} (or {env_name(flag)})")
+    for secret in _FLAG_MODE_SECRETS:
+        if environ.get(env_name(secret)):
+            _conflict(env_name(secret))
+
+
+def _conflict(given: str) -> NoReturn:
+    raise ConfigError(
+        f"--senders and {given} do not go together: with --senders, each sender's connection "
+        "and secrets are in the senders file"
     )
 
 

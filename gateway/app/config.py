@@ -168,7 +168,7 @@ class GatewayConfig:
                 "--upstream-username needs a password: set IDENTITY_GATEWAY_UPSTREAM_PASSWORD "
                 "or --upstream-password-file"
             )
-        if self.upstream_token is not None and not _is_header_safe(self.upstream_token):
+        if self.upstream_token is not None and not settings.header_safe(self.upstream_token):
             raise ConfigError("the upstream token is empty or holds characters a header cannot")
         if self.upstream_username is not None and (
             not self.upstream_username or ":" in self.upstream_username
@@ -195,7 +195,3 @@ class GatewayConfig:
     def login_mode(self) -> bool:
         """True when the gateway logs in with a username and password."""
         return self.upstream_username is not None
-
-
-def _is_header_safe(value: str) -> bool:
-    return bool(value) and value.isascii() and value.isprintable() and value.strip() == value

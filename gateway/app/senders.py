@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from gateway.app.secrets import read_secret
-from gateway.app.settings import ConfigError, upstream_url_problem
+from gateway.app.settings import ConfigError, header_safe, upstream_url_problem
 from gateway.identifiers import is_sender_number
 
 ONPREM = "onprem"
@@ -68,6 +69,7 @@ _INLINE_SECRETS = frozenset(
     {"password", "token", "api_key", "webhook_secret", "app_secret", "verify_token", "access_token"}
 )
 _TOP_KEYS = frozenset({"default_sender", "senders"})
+_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,9 +194,14 @@ class _Reader:
         if variable is not None and file is not None:
             raise self.fail(file_key, f"give {env_key} or {file_key}, not both")
         if variable is not None:
+            if _VARIABLE_NAME.fullmatch(variable) is None:
+                # Not echoed: what stands here may be the secret itself, written by mistake.
+                raise self.fail(env_key, "must be the name of an environment variable")
             value = self.environ.get(variable)
-            if not value:
+            if value is None:
                 raise self.fail(env_key, f"the environment variable {variable} is not set")
+            if not value:
+                raise self.fail(env_key, f"the environment variable {variable} is empty")
             return value
         if file is not None:
             try:
@@ -206,8 +213,9 @@ class _Reader:
 
 def _sender(table: Mapping[str, Any], index: int, read: _Reader) -> SenderConfig:
     number = table.get("number")
-    read.sender = number if isinstance(number, str) and number else f"#{index}"
-    if not isinstance(number, str) or not is_sender_number(number):
+    valid = isinstance(number, str) and is_sender_number(number)
+    read.sender = number if valid and isinstance(number, str) else f"#{index}"
+    if not valid or not isinstance(number, str):
         raise read.fail("number", "must be the business phone number: 6 to 15 digits, no '+'")
     backend = table.get("backend")
     if backend not in BACKENDS:
@@ -236,6 +244,8 @@ def _sender(table: Mapping[str, Any], index: int, read: _Reader) -> SenderConfig
         api_key = read.secret(table, "api_key")
         if api_key is None:
             raise read.fail("api_key_env", "missing: give api_key_env or api_key_file")
+        if not header_safe(api_key):
+            raise read.fail(_given(table, "api_key"), "the key holds characters a header cannot")
         return SenderConfig(
             number,
             backend,
@@ -247,7 +257,11 @@ def _sender(table: Mapping[str, Any], index: int, read: _Reader) -> SenderConfig
     password = read.secret(table, "password")
     token = read.secret(table, "token")
     if username is not None and token is not None:
-        raise read.fail("token_env", "give a login (username) or a static token, not both")
+        raise read.fail(
+            _given(table, "token"), "give a login (username) or a static token, not both"
+        )
+    if token is not None and not header_safe(token):
+        raise read.fail(_given(table, "token"), "the token holds characters a header cannot")
     if username is None and token is None:
         raise read.fail("username", "missing: give username and password_env, or token_env")
     if username is not None and password is None:
@@ -265,3 +279,8 @@ def _sender(table: Mapping[str, Any], index: int, read: _Reader) -> SenderConfig
         ca_file=read.path(table, "ca_file"),
         rate_limit=None if rate_limit is None else float(rate_limit),
     )
+
+
+def _given(table: Mapping[str, Any], name: str) -> str:
+    """Which of ``{name}_env`` and ``{name}_file`` the table gives (for messages)."""
+    return f"{name}_file" if f"{name}_file" in table else f"{name}_env"

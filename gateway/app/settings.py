@@ -65,6 +65,11 @@ def upstream_url_problem(url: str) -> str | None:
     return None
 
 
+def header_safe(value: str) -> bool:
+    """Whether a credential can be sent in an HTTP header as it is."""
+    return bool(value) and value.isascii() and value.isprintable() and value.strip() == value
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import ssl
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -134,15 +135,17 @@ def build_backend(
 def pace_of(sender: SenderConfig, config: GatewayConfig) -> tuple[float, int]:
     """A sender's pacing (requests/s, burst): its own ``rate_limit``, else the flags; an
     Infobip sender at most Infobip's documented 10 requests/s (bursts of 10) unless its
-    ``rate_limit`` says otherwise."""
+    ``rate_limit`` says otherwise (then in bursts of at most a second's worth)."""
+    if sender.backend != INFOBIP:
+        rate = config.upstream_rate_limit if sender.rate_limit is None else sender.rate_limit
+        return rate, config.upstream_burst
     if sender.rate_limit is not None:
-        return sender.rate_limit, config.upstream_burst
-    if sender.backend == INFOBIP:
-        return (
-            min(config.upstream_rate_limit, INFOBIP_RATE_LIMIT),
-            min(config.upstream_burst, INFOBIP_BURST),
-        )
-    return config.upstream_rate_limit, config.upstream_burst
+        # Its own rate, in bursts no larger than a second's worth of it.
+        return sender.rate_limit, min(config.upstream_burst, max(1, math.ceil(sender.rate_limit)))
+    # The flags only lower Infobip's limit: 0 (no pacing) does not lift it.
+    flags = config.upstream_rate_limit
+    rate = INFOBIP_RATE_LIMIT if flags == 0 else min(flags, INFOBIP_RATE_LIMIT)
+    return rate, min(config.upstream_burst, INFOBIP_BURST)
 
 
 def read_policy(path: Path) -> Policy:
