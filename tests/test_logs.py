@@ -8,7 +8,14 @@ import logging
 
 import pytest
 
-from gateway.telemetry.logs import AccessLog, JsonFormatter, RequestIds, mask_wa_id, request_id
+from gateway.telemetry.logs import (
+    AccessLog,
+    JsonFormatter,
+    RateLimitedLog,
+    RequestIds,
+    mask_wa_id,
+    request_id,
+)
 
 
 @pytest.mark.parametrize(
@@ -83,3 +90,22 @@ def test_a_log_line_carries_the_rpc_request_id_and_its_fields() -> None:
     assert line["request_id"] == "req-7"
     assert line["port"] == 50051
     assert line["field_time"] == "not the real time"  # a reserved key is never overwritten
+
+
+def test_a_rate_limited_log_writes_one_line_a_second_per_kind_and_counts_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [100.0]
+    limited = RateLimitedLog(logging.getLogger("test.limited"), interval=1.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="test.limited"):
+        for _ in range(300):
+            limited.warning("refused", "refused a push from %s", "10.0.0.1")
+        limited.warning("other", "another kind")
+        now[0] += 1.0
+        limited.warning("refused", "refused a push from %s", "10.0.0.2")
+
+    assert [record.getMessage() for record in caplog.records] == [
+        "refused a push from 10.0.0.1",
+        "another kind",
+        "refused a push from 10.0.0.2 (and 299 more like it since the last such line)",
+    ]

@@ -33,9 +33,7 @@ REDIS_DB = 12  # this file's own database on the machine's Redis, emptied before
 
 
 def _onprem(number: str, url: str) -> SenderConfig:
-    return SenderConfig(
-        number, "onprem", url, username=DEFAULT_USERNAME, password=DEFAULT_PASSWORD
-    )
+    return SenderConfig(number, "onprem", url, username=DEFAULT_USERNAME, password=DEFAULT_PASSWORD)
 
 
 class Fleet:
@@ -61,8 +59,7 @@ class Fleet:
     def upstream_requests(self, sender: str) -> int:
         """Identity requests the sender's upstream received (logins not counted)."""
         return sum(
-            "/identity" in recorded.path
-            for recorded in self.emulators[sender].state.requests()
+            "/identity" in recorded.path for recorded in self.emulators[sender].state.requests()
         )
 
 
@@ -109,7 +106,7 @@ async def test_each_request_reaches_only_its_senders_upstream() -> None:
         third = await running.get(wa_id, THIRD)
         requests = {sender: running.upstream_requests(sender) for sender in (FIRST, SECOND, THIRD)}
 
-    assert default.ok and first.ok and second.ok and third.ok
+    assert all(outcome.ok for outcome in (default, first, second, third))
     # The default sender's answer and the named one share a cache entry: one upstream read.
     assert (default.response.identity.sender, default.response.identity.hash) == (FIRST, OLD)
     assert (first.response.identity.sender, first.response.cache_hit) == (FIRST, True)
@@ -187,9 +184,7 @@ async def test_a_failing_sender_opens_only_its_own_breaker() -> None:
     wa_id = new_wa_id()
     async with fleet(upstream_retries=0) as running:
         _set_everywhere(running, wa_id, {FIRST: OLD, SECOND: OLD, THIRD: OLD})
-        running.emulators[SECOND].state.add_fault(
-            Fault("/v1/contacts/*", times=None, status=503)
-        )
+        running.emulators[SECOND].state.add_fault(Fault("/v1/contacts/*", times=None, status=503))
         storm = [await running.get(wa_id, SECOND, bypass_cache=True) for _ in range(25)]
         healthy = [await running.get(wa_id, FIRST, bypass_cache=True) for _ in range(5)]
         infobip = await running.get(wa_id, THIRD, bypass_cache=True)

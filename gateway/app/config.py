@@ -97,6 +97,14 @@ class GatewayConfig:
         )
         return Senders((single,), default="")
 
+    @property
+    def unauthenticated_webhooks(self) -> bool:
+        """Whether the webhook listener takes pushes without a secret for some sender."""
+        return self.webhook_listen is not None and any(
+            sender.backend == ONPREM and sender.webhook_secret is None
+            for sender in self.resolved_senders().senders
+        )
+
     def _check_no_flag_mode_sender(self) -> None:
         """With --senders, the connection and credential flags would describe a second,
         nameless sender: refuse them rather than guess."""
@@ -128,6 +136,18 @@ class GatewayConfig:
             raise ConfigError(
                 f"--webhook-tls-cert and --webhook-tls-key go together: {missing} is missing"
             )
+        for sender in self.resolved_senders().senders:
+            secret = sender.webhook_secret
+            if secret is not None and not settings.header_safe(secret):
+                where = (
+                    f"sender {sender.number}'s webhook secret"
+                    if sender.number
+                    else "the webhook secret (IDENTITY_GATEWAY_WEBHOOK_SECRET or "
+                    "--webhook-secret-file)"
+                )
+                raise ConfigError(
+                    f"{where} must be printable ASCII, not empty, with no spaces around it"
+                )
         if self.webhook_listen is None or self.webhook_allow_unauthenticated:
             return
         for sender in self.resolved_senders().senders:

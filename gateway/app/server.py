@@ -265,7 +265,7 @@ async def serve(config: GatewayConfig, runtime: Runtime | None = None) -> None:
     gateway = GatewayServer(config, runtime=runtime)
     if config.upstream_insecure:
         log.warning("TLS verification of the WhatsApp API is OFF (--upstream-insecure)")
-    if config.webhook_listen is not None and config.webhook_allow_unauthenticated:
+    if config.unauthenticated_webhooks:
         log.warning(
             "webhooks are accepted without authentication (--webhook-allow-unauthenticated): "
             "anyone who reaches %s can report identity changes",

@@ -34,6 +34,7 @@ from aiohttp import web
 
 from gateway.backends.onprem.webhook import IdentityChangeReport, WebhookError, parse_webhook
 from gateway.serving.appserver import AppServer
+from gateway.telemetry.logs import RateLimitedLog
 
 __all__ = [
     "MAX_WEBHOOK_BODY_BYTES",
@@ -66,6 +67,7 @@ class WebhookSender:
 _ON_CHANGES = web.AppKey[OnChanges]("on_changes")
 _SENDERS = web.AppKey[Mapping[str, WebhookSender]]("senders")
 _DEFAULT = web.AppKey[str | None]("default")
+_REFUSED = web.AppKey[RateLimitedLog]("refused")
 
 
 def create_webhook_app(
@@ -89,6 +91,8 @@ def create_webhook_app(
     app[_ON_CHANGES] = on_changes
     app[_SENDERS] = senders if senders is not None else {"": WebhookSender("")}
     app[_DEFAULT] = default
+    # A client can send refused pushes at will: their lines are bounded to one a second per kind.
+    app[_REFUSED] = RateLimitedLog(logger, interval=1.0)
     app.router.add_post("/webhook", _receive_webhook)
     app.router.add_post("/webhook/{number}", _receive_webhook)
     app.router.add_get("/healthz", _healthz)
@@ -112,13 +116,17 @@ def authenticated(authorization: str | None, secret: str) -> bool:
     elif scheme.lower() == "basic":
         try:
             decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+        except (binascii.Error, ValueError):  # not base64 (or not ASCII), or not UTF-8
             return False
         _user, colon, password = decoded.partition(":")
         offered = password if colon else None
     if offered is None:
         return False
-    return hmac.compare_digest(offered.encode("utf-8"), secret.encode("utf-8"))
+    try:
+        offered_bytes = offered.encode("utf-8")
+    except UnicodeEncodeError:  # a header byte that was not UTF-8 arrives as a lone surrogate
+        return False
+    return hmac.compare_digest(offered_bytes, secret.encode("utf-8"))
 
 
 async def _receive_webhook(request: web.Request) -> web.Response:
@@ -129,7 +137,9 @@ async def _receive_webhook(request: web.Request) -> web.Response:
     if sender.secret is not None and not authenticated(
         request.headers.get("Authorization"), sender.secret
     ):
-        logger.warning("refused an unauthenticated webhook from %s", request.remote)
+        request.app[_REFUSED].warning(
+            "unauthenticated", "refused an unauthenticated webhook from %s", request.remote
+        )
         return _error(
             401,
             "authenticate with the sender's webhook secret (Bearer, or HTTP Basic password)",
@@ -146,7 +156,9 @@ async def _receive_webhook(request: web.Request) -> web.Response:
     try:
         reports = parse_webhook(body)
     except WebhookError as exc:
-        logger.warning("refused a webhook from %s: %s", request.remote, exc)
+        request.app[_REFUSED].warning(
+            "malformed", "refused a webhook from %s: %s", request.remote, exc
+        )
         return _error(400, str(exc))
     if reports:
         try:

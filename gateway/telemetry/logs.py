@@ -21,6 +21,8 @@ import json
 import logging
 import os
 import sys
+import time
+from collections.abc import Callable
 from json.encoder import encode_basestring
 from typing import IO, Any
 
@@ -170,3 +172,38 @@ class AccessLog:
         with contextlib.suppress(OSError, ValueError):  # a closed stream must not fail an RPC
             stream.write(text)
             stream.flush()
+
+
+class RateLimitedLog:
+    """A logger for failures a client can cause at will: at most one line per ``interval``
+    seconds for each kind, the next one saying how many were held back.
+
+        refused = RateLimitedLog(logging.getLogger(__name__), interval=1.0)
+        refused.warning("unauthenticated", "refused an unauthenticated webhook from %s", peer)
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._clock = clock
+        self._next: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def warning(self, kind: str, message: str, *args: object) -> None:
+        """Log ``message`` now, unless a line of this ``kind`` was logged within the interval."""
+        now = self._clock()
+        if now < self._next.get(kind, 0.0):
+            self._held[kind] = self._held.get(kind, 0) + 1
+            return
+        self._next[kind] = now + self._interval
+        held = self._held.pop(kind, 0)
+        if held:
+            message += " (and %d more like it since the last such line)"
+            args = (*args, held)
+        self._logger.warning(message, *args)
