@@ -277,9 +277,9 @@ async def test_the_shared_cache_keys_include_the_sender(shared_redis: str) -> No
         _set_everywhere(running, wa_id, {FIRST: OLD, SECOND: NEW, THIRD: OTHER})
         reads = {sender: await running.get(wa_id, sender) for sender in (FIRST, SECOND, THIRD)}
         again = {sender: await running.get(wa_id, sender) for sender in (FIRST, SECOND, THIRD)}
-    client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
+    client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB, decode_responses=True)
     try:
-        keys = sorted(key.decode() for key in client.keys(f"*{wa_id}*"))
+        keys = sorted(str(key) for key in client.keys(f"*{wa_id}*"))
     finally:
         client.close()
 

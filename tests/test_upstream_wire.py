@@ -91,7 +91,9 @@ def backend_for(server: RawServer, **overrides: object) -> OnPremBackend:
     settings.update(overrides)
     config = GatewayConfig(**settings)  # type: ignore[arg-type]
     [sender] = config.resolved_senders().senders
-    return build_backend(sender, config, prepare(config), Unobserved())
+    backend = build_backend(sender, config, prepare(config), Unobserved())
+    assert isinstance(backend, OnPremBackend)
+    return backend
 
 
 async def answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
