@@ -1,4 +1,6 @@
-"""What a valid wa_id and identity hash look like (spec 4.2), for every layer that meets one.
+"""What a valid wa_id, identity hash and sender look like (spec 4.2), for every layer that meets
+one: the same hash rule holds for what callers send, what an upstream answers and what a
+webhook reports, so the gateway never hands out a hash it would refuse back.
 
     normalized_wa_id("+16315551234")     # "16315551234"
     normalized_wa_id("../users/login")   # None
@@ -50,6 +52,15 @@ def is_sender_number(value: str) -> bool:
 
 def hash_violation(identity_hash: str, field: str = "hash") -> FieldViolation | None:
     """Why an identity ``hash`` is invalid, or None."""
-    if len(identity_hash) > MAX_HASH_LENGTH or _HASH.fullmatch(identity_hash) is None:
+    if not is_identity_hash(identity_hash):
         return FieldViolation(field, HASH_RULE)
     return None
+
+
+def is_identity_hash(value: object) -> bool:
+    """Whether ``value`` is an identity hash by the one rule (:data:`HASH_RULE`)."""
+    return (
+        isinstance(value, str)
+        and len(value) <= MAX_HASH_LENGTH
+        and _HASH.fullmatch(value) is not None
+    )

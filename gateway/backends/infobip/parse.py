@@ -20,14 +20,13 @@ from typing import Any
 import orjson
 
 from gateway.backends.base import UpstreamIdentity
+from gateway.identifiers import HASH_RULE, is_identity_hash
 
 
 class BadAnswer(ValueError):
     """An Infobip answer that cannot be used; the message is a short, body-free reason."""
 
 
-# Bounds that no real identity exceeds; anything larger is a broken answer, not data.
-_MAX_HASH_LENGTH = 512
 # "2022-02-18T08:12:26.422+01:00" is 29 characters; nanoseconds and a space cannot need 64.
 _MAX_CREATED_AT_LENGTH = 64
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -144,12 +143,12 @@ def _load_json(body: bytes) -> Any:
 
 
 def _identity_hash(value: Any) -> str:
-    # Opaque, but it travels in a protobuf string: printable text of bounded length.
-    # isprintable() is also False for lone surrogates (category Cs), which cannot be encoded.
-    if not isinstance(value, str) or not 0 < len(value) <= _MAX_HASH_LENGTH:
+    if not isinstance(value, str) or not value:
         raise BadAnswer("hash is missing or not a string")
-    if not value.isprintable():
-        raise BadAnswer("hash holds unprintable characters")
+    # Held to the rule callers' hashes are (gateway.identifiers): one the gateway hands out can
+    # always be acknowledged.
+    if not is_identity_hash(value):
+        raise BadAnswer(f"hash {HASH_RULE}")
     return value
 
 

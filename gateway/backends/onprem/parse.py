@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from gateway.backends.base import UpstreamIdentity
+from gateway.identifiers import HASH_RULE, is_identity_hash
 
 
 class BadAnswer(ValueError):
@@ -41,10 +42,7 @@ class UpstreamErrorBody:
 
 
 # Bounds that no real identity exceeds; larger values are a broken answer, not data.
-_MAX_HASH_LENGTH = 512
 _MAX_TIMESTAMP_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
-
-
 # Python's int() refuses longer digit strings anyway; no timestamp or delay needs more.
 _MAX_DIGITS = 20
 
@@ -76,20 +74,13 @@ def parse_identity(body: bytes) -> UpstreamIdentity:
 
 
 def _parse_hash(value: Any) -> str:
-    if not isinstance(value, str) or not value or len(value) > _MAX_HASH_LENGTH:
+    if not isinstance(value, str) or not value:
         raise BadAnswer("hash is missing or not a string")
-    # Opaque, but it travels in a protobuf string: printable, encodable text only.
-    if not value.isprintable() or not _encodable(value):
-        raise BadAnswer("hash holds unprintable characters")
+    # Opaque, but held to the rule callers' hashes are (gateway.identifiers): a hash the
+    # gateway hands out can always be acknowledged.
+    if not is_identity_hash(value):
+        raise BadAnswer(f"hash {HASH_RULE}")
     return value
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # lone surrogates, which JSON can carry
-        return False
-    return True
 
 
 def _parse_timestamp_ms(value: Any) -> int:
