@@ -12,10 +12,15 @@ import datetime as dt
 import json
 from typing import Any
 
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.backends.base import UpstreamIdentity
 from gateway.backends.http import parse_retry_after
+from gateway.backends.infobip.parse import BadAnswer as InfobipBadAnswer
+from gateway.backends.infobip.parse import parse_identity as parse_infobip_identity
 from gateway.backends.onprem.parse import (
     BadAnswer,
     LoginToken,
@@ -26,6 +31,7 @@ from gateway.backends.onprem.parse import (
     parse_identity,
     parse_login,
 )
+from gateway.identifiers import hash_violation
 
 DOCUMENTED_CONTACT: dict[str, Any] = {
     "hash": "UKD6Y/5SqDU=",
@@ -486,3 +492,35 @@ def test_huge_retry_after_is_capped_at_a_day(header: str) -> None:
 def test_retry_after_date_with_absurd_year_does_not_raise() -> None:
     result = parse_retry_after("Mon, 01 Jan 99999999999999999999 00:00:00 GMT", now=NOW)
     assert result is None or result == A_DAY
+
+
+@pytest.mark.parametrize(
+    "identity_hash",
+    ["not base64!", "a" * 129, "UKD6Y/5SqDU=x", "has space=", "Üml4ut=="],
+)
+def test_a_hash_callers_could_not_acknowledge_is_a_bad_answer(identity_hash: str) -> None:
+    """One hash rule (gateway.identifiers): the gateway never hands out a hash that
+    AcknowledgeIdentity would refuse, from WhatsApp or from Infobip."""
+    onprem = json.dumps(
+        {"contacts": {"hash": identity_hash, "created_timestamp": 1, "acknowledged": True}}
+    ).encode()
+    infobip = json.dumps(
+        {"acknowledged": True, "hash": identity_hash, "createdAt": "2022-02-18T08:12:26.422Z"}
+    ).encode()
+    with pytest.raises(BadAnswer):
+        parse_identity(onprem)
+    with pytest.raises(InfobipBadAnswer):
+        parse_infobip_identity(infobip)
+
+
+@given(st.text(max_size=200))
+@settings(max_examples=300, deadline=None)
+def test_every_hash_the_parsers_accept_can_be_acknowledged(identity_hash: str) -> None:
+    body = orjson.dumps(
+        {"contacts": {"hash": identity_hash, "created_timestamp": 1, "acknowledged": True}}
+    )
+    try:
+        parsed = parse_identity(body)
+    except BadAnswer:
+        return
+    assert hash_violation(parsed.hash) is None
