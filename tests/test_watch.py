@@ -139,3 +139,28 @@ async def test_draining_ends_watches_so_watchers_reconnect(
             await next_change(changes)
         await stopping
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos"),
+    [(2**62, 0), (0, 2 * 10**9), (253_402_300_800, 0), (-1, 0), (0, -1)],
+    ids=["seconds-2-62", "nanos-2e9", "year-10000", "before-1970", "negative-nanos"],
+)
+async def test_a_report_with_an_impossible_create_time_is_invalid_argument(
+    emulator: RunningEmulator, gateway: Gateway, seconds: int, nanos: int
+) -> None:
+    """Spec 4.2: INVALID_CREATE_TIME with a BadRequest, never INTERNAL and a traceback."""
+    wa_id = new_wa_id()
+    emulator.state.set_identity(wa_id, OLD)
+    assert (await gateway.get(wa_id)).ok
+    request = identity_pb2.ReportIdentityChangeRequest(wa_id=wa_id, hash=NEW)
+    request.create_time.seconds = seconds
+    request.create_time.nanos = nanos
+    outcome = await call(gateway.stub.ReportIdentityChange, request)
+
+    assert (outcome.code, outcome.reason) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_CREATE_TIME",
+    )
+    assert [v.field for v in outcome.bad_requests[0].field_violations] == ["create_time"]
+    assert (await gateway.get(wa_id)).response.identity.hash == OLD

@@ -286,7 +286,12 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         context: grpc.aio.ServicerContext,
         record: RpcRecord,
     ) -> identity_pb2.ReportIdentityChangeResponse:
-        wa_id = record.wa_id = validate_acknowledge(request.wa_id, request.hash, request.sender)
+        create_time = None
+        if request.HasField("create_time"):
+            create_time = (request.create_time.seconds, request.create_time.nanos)
+        wa_id = record.wa_id = validate_acknowledge(
+            request.wa_id, request.hash, request.sender, create_time
+        )
         route = self._routes.resolve(request.sender)
         create_ms = None
         if request.HasField("create_time"):

@@ -49,6 +49,7 @@ class Reason(enum.StrEnum):
     INVALID_WA_ID = "INVALID_WA_ID"
     INVALID_HASH = "INVALID_HASH"
     INVALID_SENDER = "INVALID_SENDER"
+    INVALID_CREATE_TIME = "INVALID_CREATE_TIME"
     SENDER_NOT_FOUND = "SENDER_NOT_FOUND"
     MALFORMED_REQUEST = "MALFORMED_REQUEST"
     CONTACT_NOT_FOUND = "CONTACT_NOT_FOUND"
@@ -146,6 +147,7 @@ FIELD_REASONS: Mapping[str, Reason] = {
     "hash": Reason.INVALID_HASH,
     "sender": Reason.INVALID_SENDER,
     "senders": Reason.INVALID_SENDER,
+    "create_time": Reason.INVALID_CREATE_TIME,
     "request": Reason.MALFORMED_REQUEST,
 }
 
