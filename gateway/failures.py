@@ -48,6 +48,7 @@ class Failure(enum.Enum):
     CIRCUIT_OPEN = "circuit_open"  # the upstream kept failing; not called until a probe
     PACED = "paced"  # the gateway's own pace cannot serve the call before its deadline
     OVERLOADED = "overloaded"  # too many upstream requests in flight and waiting
+    LOGIN_BACKOFF = "login_backoff"  # the last login failed; the next may not be tried yet
 
 
 class GatewayError(Exception):

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
+import traceback
 
 import pytest
+from google.rpc import error_details_pb2
 
 from gateway.backends.onprem.login import LoginSession, StaticToken
 from gateway.backends.onprem.parse import LoginToken
 from gateway.failures import BackendFailure, Failure
+from gateway.serving.status import to_status
 
 EPOCH = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
 
@@ -148,10 +151,18 @@ async def test_failed_logins_back_off_instead_of_retrying_at_once(clocks: Clocks
     login.fail_with = refused_login(1005)
     session = session_for(login, clocks)
 
-    for _ in range(10):
+    with pytest.raises(BackendFailure) as first:
+        await session.token()
+    assert first.value is login.fail_with  # the login's own failure
+    for _ in range(9):
         with pytest.raises(BackendFailure) as raised:
             await session.token()
-        assert raised.value is login.fail_with  # the login's own failure, raised again
+        # A fresh failure for each caller, chained to the login's, saying when to try again.
+        assert raised.value is not login.fail_with
+        assert raised.value.__cause__ is login.fail_with
+        assert raised.value.kind is Failure.LOGIN_BACKOFF
+        assert raised.value.retry_after is not None
+        assert 0 < raised.value.retry_after <= 1.0
     assert login.calls == 1  # the other nine failed fast during the backoff
 
     clocks.elapsed += 1.0  # the first backoff is at most 1 s
@@ -190,3 +201,36 @@ async def test_a_static_token_is_never_renewed() -> None:
     assert source.can_renew is False
     assert await source.token() == "static-abc"
     assert await source.rejected("static-abc") == "static-abc"
+
+
+async def test_callers_failing_fast_during_backoff_get_a_retry_delay_and_no_growing_traceback(
+    clocks: Clocks,
+) -> None:
+    """Each caller gets UPSTREAM_AUTH_FAILED with a RetryInfo for the next login, a message
+    that does not claim WhatsApp answered it, and an exception of its own: re-raising one
+    shared exception grew its traceback by frames for every caller."""
+    login = FakeLogin(clocks)
+    login.fail_with = refused_login(1005)
+    session = session_for(login, clocks)
+    with pytest.raises(BackendFailure):
+        await session.token()
+    depths = []
+    for _ in range(200):
+        try:
+            await session.token()
+        except BackendFailure as error:
+            depths.append(len(traceback.extract_tb(error.__traceback__)))
+            cause = error.__cause__
+            assert cause is not None
+            depths.append(len(traceback.extract_tb(cause.__traceback__)))
+            last = error
+    status = to_status(last)
+    [info] = [d for d in status.details if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR)]
+    reason = error_details_pb2.ErrorInfo()
+    info.Unpack(reason)
+
+    assert max(depths) < 10
+    assert reason.reason == "UPSTREAM_AUTH_FAILED"
+    assert any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in status.details)
+    assert "answered" not in status.message
+    assert "logs in again in" in status.message

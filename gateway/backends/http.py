@@ -38,6 +38,10 @@ from gateway.failures import BackendFailure, Failure, clean_title
 
 # No identity answer comes near this; a larger body is a broken or hostile upstream.
 MAX_RESPONSE_BYTES = 1 << 20
+# How much of an error answer's body is read: any error envelope fits many times over. The rest
+# is left unread (the connection is closed, not reused), and the status alone still classifies
+# the answer: a 503 with a huge body is UNAVAILABLE, retried, never a malformed answer.
+MAX_ERROR_BODY_BYTES = 64 << 10
 
 # What an HTTP error status means when nothing more specific (an error code in the body) says.
 HTTP_STATUS_KINDS: Mapping[int, Failure] = {
@@ -64,7 +68,8 @@ def status_kind(status: int) -> Failure:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Answer:
-    """An upstream's answer, its body read in full (within the cap)."""
+    """An upstream's answer: a success's body in full (within :data:`MAX_RESPONSE_BYTES`), an
+    error's first :data:`MAX_ERROR_BODY_BYTES` at most."""
 
     status: int
     headers: httpx.Headers
@@ -135,7 +140,9 @@ class HttpUpstream:
         """Send one request and read its capped body.
 
         ``headers`` are the operation's (defaults, trace headers, Content-Type); the attempt's
-        ``Authorization`` is added here. ``operation`` labels the metrics.
+        ``Authorization`` is added here. ``operation`` labels the metrics. Exactly one request
+        leaves per call: the transport never retries on its own (see :func:`aiohttp_transport`),
+        so every request sent is one the safeguards paced and the metrics count.
         """
         request = httpx.Request(
             method,
@@ -170,6 +177,9 @@ class HttpUpstream:
         return BackendFailure(Failure.TIMEOUT, "no answer within the upstream timeout")
 
     async def _read_capped(self, response: httpx.Response) -> bytes:
+        """A success's whole body (``BAD_ANSWER`` beyond the cap); an error's first bytes."""
+        if not 200 <= response.status_code < 300:
+            return await _read_prefix(response, MAX_ERROR_BODY_BYTES)
         too_large = f"answer larger than {MAX_RESPONSE_BYTES} bytes"
         declared = response.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
@@ -182,6 +192,18 @@ class HttpUpstream:
                 raise self.bad_answer(too_large, response.status_code)
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+async def _read_prefix(response: httpx.Response, limit: int) -> bytes:
+    """At most the first ``limit`` bytes of the body; the rest is never read."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk[: limit - size])
+        size += len(chunks[-1])
+        if size >= limit:
+            break
+    return b"".join(chunks)
 
 
 # A day: no sane Retry-After asks for more, and a caller should not be told to wait longer.
@@ -278,14 +300,27 @@ def aiohttp_transport(*, max_connections: int, verify: ssl.SSLContext | bool) ->
     Connections are kept alive for 30 s; ``verify`` is an SSL context, or False for no
     verification. The aiohttp session is made on the first request, inside the running event
     loop, as aiohttp requires.
+
+    One call sends one request, never more: aiohttp would otherwise resend an idempotent
+    request (GET, PUT) once by itself when its connection turns out closed or reset, outside
+    the gateway's pacing, retry budget and metrics. Such a failure leaves as ``UNREACHABLE``
+    instead, and the gateway's own retry policy decides. (httpx_aiohttp's ``retries`` argument
+    is stored and never used: it retries nothing.)
     """
 
     def session() -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=max_connections, keepalive_timeout=30.0, ssl=verify)
         # No upstream sets cookies the gateway needs; proxies come from the configuration only.
-        return aiohttp.ClientSession(
+        client = aiohttp.ClientSession(
             connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False
         )
+        # aiohttp (3.14) has no public switch for its resend of an idempotent request on a
+        # dropped connection (ClientSession._request, "retry_persistent_connection"); this
+        # private flag is the one its own test client (aiohttp.test_utils) turns off.
+        # tests/test_upstream_hardening.py pins the behaviour on a real socket, so an aiohttp
+        # that renames the flag fails the tests instead of silently sending unpaced requests.
+        client._retry_connection = False
+        return client
 
     return AiohttpTransport(client=session)
 

@@ -15,7 +15,10 @@ failure kinds of :mod:`gateway.failures` (never by gRPC statuses)::
 3. admission: at most ``max_in_flight`` requests at once, a bounded queue behind them, and
    ``OVERLOADED`` at once beyond it;
 4. pacing: the ``attempt`` calls :meth:`Safeguards.pace` before every request it sends (a token
-   bucket; ``PACED`` when no token comes before the deadline).
+   bucket; ``PACED`` when no token comes before the deadline);
+5. the upstream's own pause: after a ``RATE_LIMITED`` answer (a ``429``), nothing is sent until
+   the time its ``Retry-After`` names (at most a minute; a second when it names none), and calls
+   meanwhile fail at once with ``RATE_LIMITED`` and the rest of the pause (:class:`UpstreamPause`).
 
 The pieces are pure bookkeeping on one event loop (no locks, no I/O), and take their clock (and
 sleep or random source, where they use one) in their constructors, so tests move time by hand.
@@ -294,6 +297,58 @@ class TokenBucket:
         if now > self._updated:
             self._tokens = min(float(self.burst), self._tokens + (now - self._updated) * self.rate)
             self._updated = now
+
+
+# ---------------------------------------------------------------------------------- pause
+
+# The pause after a rate-limited answer that names no (usable) Retry-After: as long as the
+# RetryInfo such an answer gives its caller.
+DEFAULT_PAUSE = 1.0
+# The longest pause one answer can ask for (spec 8): callers are refused all that time, and a
+# Retry-After of hours is likelier a broken header than a plan.
+MAX_PAUSE = 60.0
+
+
+class UpstreamPause:
+    """The upstream's "wait until": no request is sent to it before then.
+
+    A rate-limited answer extends the pause by its ``Retry-After`` (``default`` when it has none,
+    at most ``max_pause``); a shorter wish never shortens a pause already longer::
+
+        pause = UpstreamPause()
+        pause.extend(3.0)      # a 429 with Retry-After: 3; returns the pause left, 3.0
+        pause.remaining()      # 3.0 now; 0.0 from 3 s on, when requests flow again
+    """
+
+    def __init__(
+        self,
+        *,
+        default: float = DEFAULT_PAUSE,
+        max_pause: float = MAX_PAUSE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 0.0 <= default <= max_pause:
+            raise ValueError("default must be between 0 and max_pause")
+        self.default = default
+        self.max_pause = max_pause
+        self._clock = clock
+        self._until = -math.inf
+
+    def extend(self, seconds: float | None) -> float:
+        """Pause for ``seconds`` from now (None or NaN: ``default``; at most ``max_pause``),
+        unless already paused for longer; the seconds of pause left."""
+        if seconds is None or math.isnan(seconds):
+            seconds = self.default
+        wish = min(max(seconds, 0.0), self.max_pause)
+        now = self._clock()
+        if now + wish >= self._until:
+            self._until = now + wish
+            return wish  # exactly, not as rounded by the sum
+        return self._until - now
+
+    def remaining(self) -> float:
+        """Seconds until requests may be sent again; 0 when they may be now."""
+        return max(0.0, self._until - self._clock())
 
 
 # ---------------------------------------------------------------------------------- breaker
@@ -594,9 +649,10 @@ _ATTEMPT_MARGIN = 1.5
 
 @dataclasses.dataclass
 class Safeguards:
-    """Retries, breaker, admission and pacing toward one upstream (see the module docstring).
+    """Retries, breaker, admission, pacing and the upstream's pause toward one upstream (see
+    the module docstring).
 
-    The defaults suit tests: no pacing, generous admission.
+    The defaults suit tests: no token bucket, generous admission.
     """
 
     retry: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
@@ -607,6 +663,7 @@ class Safeguards:
     )
     bucket: TokenBucket | None = None
     observer: BackendObserver = dataclasses.field(default_factory=Unobserved)
+    pause: UpstreamPause = dataclasses.field(default_factory=UpstreamPause)
 
     @classmethod
     def configured(
@@ -620,7 +677,8 @@ class Safeguards:
         observer: BackendObserver,
         on_breaker_change: StateChangeHook | None = None,
     ) -> Safeguards:
-        """The safeguards for the configured limits (``rate_limit`` 0: no pacing)."""
+        """The safeguards for the configured limits (``rate_limit`` 0: no token bucket; the
+        upstream's pause applies all the same)."""
         bucket = None
         if rate_limit > 0:
             bucket = TokenBucket(rate=rate_limit, burst=burst, max_waiters=max_waiting)
@@ -658,16 +716,37 @@ class Safeguards:
             await asyncio.sleep(delay)
 
     async def pace(self, deadline: Deadline) -> None:
-        """Wait for this request's turn in the pace toward the upstream."""
+        """Wait for this request's turn in the pace toward the upstream.
+
+        Raises ``RATE_LIMITED`` at once, with the pause left as ``retry_after``, while the
+        upstream's pause lasts (also when it began during the wait for a token).
+        """
+        self._refuse_while_paused()
         if self.bucket is not None:
             try:
                 await self.bucket.acquire(timeout=deadline.remaining())
             except BackendFailure:
                 self.observer.upstream_rejected("rate_limited")
                 raise
+            self._refuse_while_paused()
+
+    def _refuse_while_paused(self) -> None:
+        """``RATE_LIMITED`` while the upstream's pause lasts. No ``http_status``: the upstream
+        was not asked, so the breaker hears nothing of it, and the pause is not extended."""
+        remaining = self.pause.remaining()
+        if remaining > 0.0:
+            self.observer.upstream_rejected("paused")
+            raise BackendFailure(
+                Failure.RATE_LIMITED,
+                f"the upstream asked the gateway to wait; {remaining:.1f} s left",
+                retry_after=remaining,
+            )
 
     async def _admitted(self, deadline: Deadline, attempt: Callable[[], Awaitable[T]]) -> T:
-        """One attempt through the breaker and within a slot; the breaker hears its verdict."""
+        """One attempt through the breaker and within a slot; the breaker hears its verdict,
+        and a rate-limited answer pauses the upstream."""
+        # Before the breaker and the queue: a call that cannot be sent is refused at once.
+        self._refuse_while_paused()
         permit = self.breaker.allow()
         if permit is None:
             self.observer.upstream_rejected("circuit_open")
@@ -679,6 +758,10 @@ class Safeguards:
             except BackendFailure as failure:
                 if failure.kind is Failure.OVERLOADED:
                     self.observer.upstream_rejected("overloaded")
+                if failure.kind is Failure.RATE_LIMITED and failure.http_status is not None:
+                    # The upstream's answer (not a refusal of ours): pause, and tell this caller
+                    # the pause left, as every caller refused during it is told.
+                    failure.retry_after = self.pause.extend(failure.retry_after)
                 verdict = _breaker_verdict(failure)
                 if verdict is not None:
                     (permit.record_success if verdict else permit.record_failure)()
@@ -722,4 +805,5 @@ __all__ = [
     "Safeguards",
     "StateChangeHook",
     "TokenBucket",
+    "UpstreamPause",
 ]

@@ -147,9 +147,23 @@ class LoginSession:
                 await self._task
 
     async def _wait_for_login(self) -> str:
-        if (self._task is None or self._task.done()) and self._clock() < self._retry_at:
-            assert self._last_error is not None
-            raise self._last_error  # backing off: do not touch the account again yet
+        now = self._clock()
+        if (self._task is None or self._task.done()) and now < self._retry_at:
+            # Backing off: do not touch the account again yet. A fresh failure each time, so
+            # no shared exception's traceback grows with every caller that fails fast.
+            last = self._last_error
+            assert last is not None
+            wait = self._retry_at - now
+            # A refused login is the gateway's credentials: UPSTREAM_AUTH_FAILED with when to
+            # try again. A login that got no usable answer stays what it was (unreachable...).
+            refused = last.kind is Failure.AUTH
+            raise BackendFailure(
+                Failure.LOGIN_BACKOFF if refused else last.kind,
+                "the gateway's last login to WhatsApp failed; it logs in again in "
+                f"{wait:.1f} s (the last failure: {_reason(last)})",
+                retry_after=wait,
+                login=last.login,
+            ) from last
         return await asyncio.shield(self._start_login())
 
     def _start_login(self) -> asyncio.Task[str]:
@@ -215,3 +229,13 @@ def _operator_hint(error: BackendFailure) -> str:
 def _retrieve_exception(task: asyncio.Task[str]) -> None:
     if not task.cancelled():
         task.exception()
+
+
+def _reason(error: BackendFailure) -> str:
+    """The last failure, said without claiming WhatsApp was asked again."""
+    if error.http_status is None:  # no answer: its own words say so ("... unreachable: ...")
+        return error.message or error.kind.value.replace("_", " ")
+    reason = f"HTTP {error.http_status}"
+    if error.upstream_code is not None:
+        reason += f", code {error.upstream_code}"
+    return reason
