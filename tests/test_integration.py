@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import grpc
@@ -251,6 +252,18 @@ async def test_an_oversized_trace_header_is_not_forwarded_as_it_is(
     assert 0 < len(get.headers["x-request-id"]) <= 1024
     assert "tracestate" not in get.headers
     assert get.headers["x-b3-sampled"] == "1"
+
+
+async def test_oversized_trace_headers_are_logged_once_not_per_call(
+    emulator: RunningEmulator, gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    wa_id = known_contact(emulator)
+    trace = (("tracestate", "x" * 2000),)
+    with caplog.at_level(logging.WARNING, logger="gateway.serving.servicer"):
+        for _ in range(20):
+            assert (await gateway.get(wa_id, bypass_cache=True, metadata=trace)).ok
+    lines = [r.getMessage() for r in caplog.records if "did not forward" in r.getMessage()]
+    assert lines == ["did not forward a caller's tracestate of 2000 characters (at most 1024)"]
 
 
 # ---------------------------------------------------------------------------- coalescing

@@ -44,6 +44,7 @@ from gateway.store.single_flight import SingleFlight
 from gateway.telemetry.logs import (
     MAX_FORWARDED_HEADER,
     REQUEST_ID_HEADER,
+    RateLimitedLog,
     RequestIds,
     request_id,
 )
@@ -77,15 +78,20 @@ class RpcRecord:
 
     __slots__ = ("cache", "request_id", "trace", "upstream_status", "wa_id")
 
-    def __init__(self, metadata: Any, ids: RequestIds) -> None:
+    def __init__(self, metadata: Any, ids: RequestIds, oversized: RateLimitedLog) -> None:
         self.trace: dict[str, str] = {}
         for key, value in metadata or ():
-            if (
-                key in _TRACE_HEADER_SET
-                and isinstance(value, str)
-                and len(value) <= MAX_FORWARDED_HEADER
-            ):
-                self.trace[key] = value
+            if key in _TRACE_HEADER_SET and isinstance(value, str):
+                if len(value) <= MAX_FORWARDED_HEADER:
+                    self.trace[key] = value
+                else:  # it could make the gateway's own upstream request invalid
+                    oversized.warning(
+                        key,
+                        "did not forward a caller's %s of %d characters (at most %d)",
+                        key,
+                        len(value),
+                        MAX_FORWARDED_HEADER,
+                    )
         # Every upstream request and log line of this RPC carries a request id.
         self.request_id = self.trace[REQUEST_ID_HEADER] = ids.of(metadata)
         self.cache: str | None = None
@@ -111,6 +117,8 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self._started = journal.metrics.started
         self._authorizer = authorizer
         self._request_ids: RequestIds = journal.request_ids
+        # Callers can send oversized trace headers at will: said once a minute per header.
+        self._oversized = RateLimitedLog(log, interval=60.0)
         self._flights: SingleFlight[bytes] = SingleFlight()
         self._fence = ReadFence()
         # A change announced on another replica (an acknowledge, a report, a webhook, a read
@@ -354,7 +362,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             started = perf_counter()
         metadata = context.invocation_metadata()
         self._started[method] += 1
-        record = RpcRecord(metadata, self._request_ids)
+        record = RpcRecord(metadata, self._request_ids, self._oversized)
         request_id.set(record.request_id)  # this RPC's own task context: no reset needed
         self._in_flight += 1
         code = grpc.StatusCode.OK
