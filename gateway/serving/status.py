@@ -182,6 +182,8 @@ def to_status(error: BaseException) -> status_pb2.Status:
             metadata["whatsappCode"] = str(error.upstream_code)
         if error.kind is Failure.PACED:
             metadata["limitedBy"] = "gateway"  # not the upstream: no 429 was received
+        elif error.kind is Failure.RATE_LIMITED and error.http_status is None:
+            metadata["limitedBy"] = "upstream"  # its 429 paused the sender: nothing was sent
     if isinstance(error, Unauthenticated | PermissionDenied):
         message = str(error)  # fixed text, never the credential
         metadata.update(error.metadata)

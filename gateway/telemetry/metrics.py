@@ -156,7 +156,7 @@ class Metrics:
         self._rejections = Counter(
             "identity_gateway_upstream_rejections",
             "Calls the gateway did not send upstream, by sender and reason (circuit_open, "
-            "rate_limited, overloaded).",
+            "rate_limited, paused, overloaded).",
             ("sender", "reason"),
             registry=r,
         )
@@ -175,6 +175,13 @@ class Metrics:
         self.cache_backend_degraded = Gauge(
             "identity_gateway_cache_backend_degraded",
             "1 while the shared cache (Redis) is unreachable and reads go upstream.",
+            registry=r,
+        )
+        self._cache_backend_bad_values = Counter(
+            "identity_gateway_cache_backend_bad_values",
+            "Values read from the shared cache (Redis) that were no answer for their key "
+            "(undecodable, oversized, another user's or sender's, or a key of another Redis "
+            "type): each was a miss for that key and was deleted.",
             registry=r,
         )
         self._cache_backend_errors = Counter(
@@ -225,6 +232,9 @@ class Metrics:
 
     def cache_backend_error(self, operation: str) -> None:
         self._cache_backend_errors.labels(operation).inc()
+
+    def cache_backend_bad_value(self) -> None:
+        self._cache_backend_bad_values.inc()
 
     def cache_backend_state(self, degraded: bool) -> None:
         self.cache_backend_degraded.set(1 if degraded else 0)
