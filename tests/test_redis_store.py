@@ -2,7 +2,8 @@
 
 The shared Redis at 127.0.0.1:6379 serves the happy paths, each test under its own key prefix.
 Outages use a private ``redis-server`` on a free port, killed (SIGKILL), paused (SIGSTOP: slow
-but keeping its data) and restarted by the test.
+but keeping its data) and restarted by the test, reached directly or through a
+:class:`ForgetfulProxy` (a network in between that forgets connections without telling).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from types import TracebackType
+from typing import Any, Protocol, Self
 
 import pytest
 import redis
@@ -44,9 +46,17 @@ class Signals:
 
     degraded: list[bool] = dataclasses.field(default_factory=list)
     errors: list[str] = dataclasses.field(default_factory=list)
+    bad_values: int = 0
 
     def hooks(self) -> dict[str, Any]:
-        return {"on_degraded": self.degraded.append, "on_error": self.errors.append}
+        return {
+            "on_degraded": self.degraded.append,
+            "on_error": self.errors.append,
+            "on_bad_value": self.bad_value,
+        }
+
+    def bad_value(self) -> None:
+        self.bad_values += 1
 
 
 def free_port() -> int:
@@ -100,6 +110,77 @@ class PrivateRedis:
                 return connection.recv(16).startswith(b"+PONG")
         except OSError:
             return False
+
+
+class ForgetfulProxy:
+    """A TCP relay to a Redis that does not tell its clients when Redis goes away: their
+    connections stay open and silent, and are closed only when next used.
+
+    That is what a client sees when Redis's container or pod is restarted, or when a NAT or a
+    load balancer in between forgets a connection: pooled connections that look alive and are
+    dead, which nothing reveals until a command is sent on one. (A local redis-server that is
+    killed closes its sockets, and redis-py notices that on a pooled connection before using
+    it.)
+    """
+
+    def __init__(self, redis_port: int) -> None:
+        self._redis_port = redis_port
+        self._server: asyncio.Server | None = None
+        self._relays: set[asyncio.Task[Any]] = set()
+        self.url = ""
+
+    async def __aenter__(self) -> Self:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"redis://127.0.0.1:{port}/0"
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        assert self._server is not None
+        self._server.close()
+        for relay in self._relays:
+            relay.cancel()
+        await asyncio.gather(*self._relays, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _relay(
+        self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter
+    ) -> None:
+        relay = asyncio.current_task()
+        assert relay is not None
+        self._relays.add(relay)
+        redis_out: asyncio.StreamWriter | None = None
+        gone = asyncio.Event()  # Redis closed its side: the client is not told
+
+        async def from_redis(redis_in: asyncio.StreamReader) -> None:
+            with contextlib.suppress(OSError):
+                while chunk := await redis_in.read(65536):
+                    client_out.write(chunk)
+                    await client_out.drain()
+            gone.set()
+
+        try:
+            redis_in, redis_out = await asyncio.open_connection("127.0.0.1", self._redis_port)
+            downstream = asyncio.ensure_future(from_redis(redis_in))
+            try:
+                while (chunk := await client_in.read(65536)) and not gone.is_set():
+                    redis_out.write(chunk)
+                    await redis_out.drain()
+            finally:
+                downstream.cancel()
+                await asyncio.gather(downstream, return_exceptions=True)
+        except OSError:
+            pass
+        finally:
+            self._relays.discard(relay)
+            client_out.close()
+            if redis_out is not None:
+                redis_out.close()
 
 
 @pytest.fixture
@@ -353,6 +434,86 @@ async def test_a_zero_ttl_store_never_talks_to_redis(make_store: MakeStore) -> N
     assert not store.degraded
 
 
+# ---------------------------------------------------------------------- bad values
+
+
+async def test_a_key_of_another_redis_type_is_a_miss_for_that_key_alone(
+    make_store: MakeStore, shared: redis.asyncio.Redis, prefix: str
+) -> None:
+    signals = Signals()
+    store = make_store(**signals.hooks())
+    await store.put("16315550000", b"another")
+    await shared.hset(prefix + WA_ID, "field", "value")
+    assert await store.get_fresh(WA_ID) is None
+    assert await shared.exists(prefix + WA_ID) == 0  # deleted
+    assert await store.get_fresh("16315550000") == b"another"
+    await store.put(WA_ID, b"answer")
+    assert await store.get_fresh(WA_ID) == b"answer"
+    assert not store.degraded
+    assert (signals.degraded, signals.errors, signals.bad_values) == ([], [], 1)
+
+
+async def test_update_of_a_key_of_another_redis_type_deletes_it(
+    make_store: MakeStore, shared: redis.asyncio.Redis, prefix: str
+) -> None:
+    signals = Signals()
+    store = make_store(**signals.hooks())
+    await shared.hset(prefix + WA_ID, "field", "value")
+    await store.update(WA_ID, lambda cached: pytest.fail("change called"))
+    assert await shared.exists(prefix + WA_ID) == 0
+    assert not store.degraded
+    assert (signals.degraded, signals.errors, signals.bad_values) == ([], [], 1)
+
+
+def answers_for_their_key(wa_id: str, value: bytes) -> bool:
+    """The check of these tests: a value is good when it names its key."""
+    return value.startswith(wa_id.encode())
+
+
+async def test_a_value_the_check_refuses_is_a_miss_and_is_deleted(
+    make_store: MakeStore, shared: redis.asyncio.Redis, prefix: str
+) -> None:
+    signals = Signals()
+    store = make_store(check=answers_for_their_key, **signals.hooks())
+    await store.put(WA_ID, b"16315550000: another user's answer")
+    await store.put("16315550000", b"16315550000: answer")
+    assert await store.get_fresh(WA_ID) is None
+    assert await shared.exists(prefix + WA_ID) == 0
+    assert await store.get_fresh("16315550000") == b"16315550000: answer"
+    assert not store.degraded
+    assert signals.bad_values == 1
+
+
+async def test_update_drops_a_value_the_check_refuses_without_changing_it(
+    make_store: MakeStore, shared: redis.asyncio.Redis, prefix: str
+) -> None:
+    signals = Signals()
+    store = make_store(check=answers_for_their_key, **signals.hooks())
+    await store.put(WA_ID, b"16315550000: another user's answer")
+    await store.update(WA_ID, lambda cached: pytest.fail("change called"))
+    assert await shared.exists(prefix + WA_ID) == 0
+    assert signals.bad_values == 1
+
+
+async def test_a_bad_value_replaced_meanwhile_by_a_good_one_is_not_deleted(
+    make_store: MakeStore, prefix: str
+) -> None:
+    good = WA_ID.encode() + b": answer"
+    # Another replica's put lands between this read and the deletion of the bad value.
+    with redis.Redis.from_url(SHARED_REDIS) as other_replica:
+
+        def check(wa_id: str, value: bytes) -> bool:
+            if not answers_for_their_key(wa_id, value):
+                other_replica.set(prefix + WA_ID, good, px=30_000)
+                return False
+            return True
+
+        store = make_store(check=check)
+        await store.put(WA_ID, b"garbage")
+        assert await store.get_fresh(WA_ID) is None
+    assert await store.get_fresh(WA_ID) == good
+
+
 # ---------------------------------------------------------------------- outages
 
 
@@ -437,6 +598,51 @@ async def test_the_store_recovers_by_itself_when_redis_restarts(
     assert not store.degraded
     assert signals.degraded == [True, False]
     assert any("available again" in record.getMessage() for record in caplog.records)
+
+
+async def traffic(store: RedisIdentityStore) -> bool:
+    """20 concurrent puts, then 20 concurrent reads (so 20 pooled connections): all answered?"""
+    keys = [f"163155500{n:02d}" for n in range(20)]
+    await asyncio.gather(*(store.put(key, b"answer") for key in keys))
+    found = await asyncio.gather(*(store.get_fresh(key) for key in keys))
+    return found == [b"answer"] * len(keys)
+
+
+@pytest.mark.parametrize("forgetful", [False, True], ids=["direct", "forgetful-network"])
+async def test_a_restarted_redis_is_used_again_after_one_recovery_that_lasts(
+    make_store: MakeStore, private_redis: PrivateRedis, forgetful: bool
+) -> None:
+    signals = Signals()
+    async with contextlib.AsyncExitStack() as stack:
+        url = private_redis.url
+        if forgetful:
+            url = (await stack.enter_async_context(ForgetfulProxy(private_redis.port))).url
+        # The gateway's cool-down (1 s, doubling up to 10 s); room for each call on a busy
+        # machine, since a dead connection fails at once anyway.
+        store = make_store(url, timeout=1.0, **signals.hooks())
+        assert await traffic(store)  # the pool is warm
+        private_redis.kill()
+        assert await store.get_fresh(WA_ID) is None  # one call fails; the others stay idle
+        assert store.degraded
+        private_redis.start()  # on the same port, empty
+        assert await wait_until(lambda: traffic(store), timeout=10 + 3), "used again in time"
+        for _ in range(20):  # and it stays in use
+            await asyncio.sleep(0.1)
+            assert await traffic(store)
+    assert signals.degraded == [True, False]
+
+
+async def test_a_redis_restart_between_two_calls_costs_no_call(
+    make_store: MakeStore, private_redis: PrivateRedis
+) -> None:
+    signals = Signals()
+    store = make_store(private_redis.url, timeout=1.0, **signals.hooks())
+    assert await traffic(store)  # the pool is warm
+    private_redis.kill()
+    private_redis.start()  # on the same port, empty
+    await asyncio.sleep(0.1)  # the event loop, blocked meanwhile, hears that Redis closed them
+    assert await traffic(store)  # on new connections
+    assert (signals.degraded, signals.errors) == ([], [])
 
 
 @pytest.mark.parametrize("operation", ["invalidate", "update"])

@@ -38,6 +38,7 @@ from gateway.backends.base import Backend
 from gateway.backends.onprem.webhook import IdentityChangeReport
 from gateway.contract import SERVICE_NAME
 from gateway.serving.authz import Authorizer
+from gateway.serving.cached import trustworthy
 from gateway.serving.journal import RpcJournal
 from gateway.serving.routes import Routes
 from gateway.serving.servicer import IdentityServicer, add_to_server
@@ -113,6 +114,8 @@ class GatewayServer:
                 timeout=config.cache_backend_timeout,
                 on_degraded=self.metrics.cache_backend_state,
                 on_error=self.metrics.cache_backend_error,
+                check=trustworthy,  # a value another writer left is no answer (spec §8)
+                on_bad_value=self.metrics.cache_backend_bad_value,
             )
             store = self.redis
         cache = self.cache

@@ -14,6 +14,14 @@ ready-made cache-hit answers (bytes, stored as given) under ``key_prefix + wa_id
 ``ttl`` seconds (Redis expires them). A ``ttl`` of 0 disables the cache methods; publish and
 subscribe still work, because watchers of identity changes do not depend on caching.
 
+Values read from Redis are never trusted blindly (spec §8): Redis is shared, so any writer may
+have left anything under a key. A value that ``check(wa_id, value)`` (given by the wiring, which
+knows what an answer is) refuses, or a key holding another Redis type (a hash, a list: WRONGTYPE),
+is a *bad value*: a miss for that key alone, never an answer. The store deletes it (a string
+only if it is still the one read), logs it (at most once a second) and calls ``on_bad_value()``;
+it is not a Redis failure, so the store stays in use for every other key. ``update`` drops a bad
+value rather than changing it. Without a ``check`` any string is an answer.
+
 Redis is an optimisation, never a dependency. Any Redis error or timeout makes a call behave like
 a miss (``get_fresh`` returns None) or a no-op (the writes; ``publish`` drops the message); no
 method raises because of Redis. Every call is bounded by ``timeout`` (the client's socket
@@ -25,6 +33,16 @@ After a failure the store is *degraded*: for a cool-down (``retry_after``, doubl
 call. Then one call probes Redis again while the others keep skipping it. The first failure logs
 one WARNING and calls ``on_degraded(True)``; a successful probe logs recovery and calls
 ``on_degraded(False)``. ``on_error(operation)`` counts every call that Redis failed.
+
+Pooled connections outlive a Redis restart, dead. Each one used would fail one call, and each
+failure would start another cool-down: the store would flap between degraded and healthy until
+none was left. Two things prevent it. redis-py's pool replaces a connection that the server
+has closed before handing it out, but not with maintenance notifications on (redis-py 8's
+default with RESP3; redis/redis-py#4128, #4156), so they are off: a restart the store did not
+notice costs nothing. And a probe first closes every idle pooled connection, then pings on a
+new one, because some dead ones cannot be told from live ones until a command fails on them (a
+restarted container or pod, a NAT or load balancer in between, drops them without a word to
+this host). So one recovery is one transition.
 
 Two decisions are worth knowing:
 
@@ -67,7 +85,10 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
+from redis.maint_notifications import MaintNotificationsConfig
+
+from gateway.telemetry.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +129,14 @@ class _Skipped:
     __slots__ = ()
 
 
+class _WrongType:
+    """The result of a call on a key that holds another Redis type than a string."""
+
+    __slots__ = ()
+
+
 _SKIPPED: Final = _Skipped()
+_WRONG_TYPE: Final = _WrongType()
 
 
 class RedisIdentityStore:
@@ -116,9 +144,11 @@ class RedisIdentityStore:
 
     Create it on the event loop that will use it, use it only there, and close it with
     :meth:`aclose` (or ``async with``). Construction does no I/O; a malformed ``url`` raises
-    ValueError. ``on_degraded`` and ``on_error`` are for metrics and must not raise; the
-    operations passed to ``on_error`` are ``get_fresh``, ``put``, ``update``, ``invalidate``,
-    ``publish``, ``subscribe`` and ``probe`` (a failed attempt to leave the degraded state).
+    ValueError. ``check(wa_id, value)`` says whether a value read for ``wa_id`` may be used
+    (None: any string may); ``check``, ``on_degraded``, ``on_error`` and ``on_bad_value`` must
+    not raise. The operations passed to ``on_error`` are ``get_fresh``, ``put``, ``update``,
+    ``invalidate``, ``publish``, ``subscribe`` and ``probe`` (a failed attempt to leave the
+    degraded state).
     """
 
     def __init__(
@@ -132,6 +162,8 @@ class RedisIdentityStore:
         on_error: Callable[[str], None] | None = None,
         retry_after: float = 1.0,
         max_retry_after: float = 10.0,
+        check: Callable[[str, bytes], bool] | None = None,
+        on_bad_value: Callable[[], None] | None = None,
     ) -> None:
         if ttl < 0:
             raise ValueError("ttl must not be negative")
@@ -145,6 +177,9 @@ class RedisIdentityStore:
         self._timeout = timeout
         self._on_degraded = on_degraded
         self._on_error = on_error
+        self._check = check
+        self._on_bad_value = on_bad_value
+        self._bad_values = RateLimitedLog(log, interval=1.0)
         self._retry_after = retry_after
         self._max_retry_after = max_retry_after
         self._redis = redis.asyncio.Redis.from_url(
@@ -152,6 +187,10 @@ class RedisIdentityStore:
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
+            # Off, so that the pool replaces the connections a restarted Redis closed (see the
+            # module docstring); they are for Redis Enterprise's failovers, which the
+            # cool-down covers.
+            maint_notifications_config=MaintNotificationsConfig(enabled=False),
         )
         self._replace_if_unchanged = self._redis.register_script(_REPLACE_IF_UNCHANGED)
         self._where = _describe(self._redis)  # for logs: never the URL, it may hold a password
@@ -188,11 +227,14 @@ class RedisIdentityStore:
     # ------------------------------------------------------------------ the cache
 
     async def get_fresh(self, wa_id: str) -> bytes | None:
-        """The stored answer for ``wa_id``; None when there is none, or Redis failed."""
+        """The stored answer for ``wa_id``; None when there is none, it is a bad value (then
+        deleted), or Redis failed."""
         if not self.enabled:
             return None
         value = await self._call("get_fresh", functools.partial(self._get, self._key(wa_id)))
-        return None if isinstance(value, _Skipped) else value
+        if value is None or isinstance(value, _Skipped):
+            return None
+        return await self._usable("get_fresh", wa_id, value)
 
     async def put(self, wa_id: str, payload: bytes) -> None:
         """Store ``payload`` for ``wa_id``, fresh for the TTL from now (best effort)."""
@@ -206,9 +248,9 @@ class RedisIdentityStore:
         """Replace the stored answer by ``change(answer)``, keeping its remaining TTL, or delete
         it when ``change`` returns None. Nothing happens when nothing is stored.
 
-        Atomic against concurrent writers (see the module docstring). If ``change`` raises, the
-        error is logged and the entry deleted: it came from Redis, so it may be another
-        writer's corrupt value, and an acknowledge that WhatsApp accepted must not fail here.
+        Atomic against concurrent writers (see the module docstring). A bad value is deleted,
+        never given to ``change``. If ``change`` raises all the same, the error is logged and
+        the entry deleted: an acknowledge that WhatsApp accepted must not fail here.
         """
         if not self.enabled:
             return
@@ -220,17 +262,23 @@ class RedisIdentityStore:
                 return
             if current is None:
                 return
+            usable = await self._usable("update", wa_id, current)
+            if usable is None:
+                return
             try:
-                changed = change(current)
+                changed = change(usable)
             except Exception:
                 log.error("could not change a cached identity; deleting it", exc_info=True)
                 break
-            args = [current] if changed is None else [current, changed]
+            args = [usable] if changed is None else [usable, changed]
             replaced = await self._call(
                 "update", functools.partial(self._replace_if_unchanged, keys=[key], args=args)
             )
             if isinstance(replaced, _Skipped):
                 self._lose_invalidation(wa_id)
+                return
+            if isinstance(replaced, _WrongType):  # turned into another type since it was read
+                await self._usable("update", wa_id, replaced)
                 return
             if replaced:
                 return
@@ -339,15 +387,42 @@ class RedisIdentityStore:
         value = await self._redis.get(key)
         return value if isinstance(value, bytes) else None
 
-    async def _call(self, operation: str, command: Callable[[], Awaitable[T]]) -> T | _Skipped:
-        """``command()``'s result, or _SKIPPED when Redis is not used or fails; never raises
-        because of Redis."""
+    async def _usable(self, operation: str, wa_id: str, value: bytes | _WrongType) -> bytes | None:
+        """``value``, read for ``wa_id``, if it may be used; otherwise None, and it is a bad
+        value: counted, logged and deleted (a string only if it is still the one read)."""
+        if isinstance(value, bytes) and (self._check is None or self._check(wa_id, value)):
+            return value
+        if self._on_bad_value is not None:
+            self._on_bad_value()
+        key = self._key(wa_id)
+        delete: Callable[[], Awaitable[object]]
+        if isinstance(value, bytes):
+            self._bad_values.warning(
+                "unusable", "a value in Redis at %s is not a usable answer; deleted", self._where
+            )
+            delete = functools.partial(self._replace_if_unchanged, keys=[key], args=[value])
+        else:
+            self._bad_values.warning(
+                "wrong type", "a key in Redis at %s holds another type; deleted", self._where
+            )
+            delete = functools.partial(self._redis.delete, key)
+        await self._call(operation, delete)
+        return None
+
+    async def _call(
+        self, operation: str, command: Callable[[], Awaitable[T]]
+    ) -> T | _Skipped | _WrongType:
+        """``command()``'s result; _WRONG_TYPE when the key it names holds another type than a
+        string (one key's problem, not Redis's); _SKIPPED when Redis is not used or fails.
+        Never raises because of Redis."""
         if self._closed or (self._degraded and not await self._probe()):
             return _SKIPPED
         try:
             async with asyncio.timeout(self._timeout):
                 return await command()
         except _FAILURES as error:
+            if isinstance(error, ResponseError) and "WRONGTYPE" in str(error):
+                return _WRONG_TYPE
             self._failed(operation, error)
             return _SKIPPED
 
@@ -359,6 +434,10 @@ class RedisIdentityStore:
             return False
         self._probing = True
         try:
+            # Connections opened before the failure may be dead without knowing it: drop them
+            # all, so the probe and every call after it use new ones (see the module docstring).
+            with contextlib.suppress(*_FAILURES):
+                await self._redis.connection_pool.disconnect(inuse_connections=False)
             flushed = await self._delete_lost_invalidations()
         except _FAILURES as error:
             self._cool_down = min(self._cool_down * 2, self._max_retry_after)
