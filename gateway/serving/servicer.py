@@ -315,6 +315,10 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         """A change WhatsApp pushed (webhook or report) through ``sender`` (a number served, or
         "" for the default): cache it unacknowledged, announce it.
 
+        Anyone who can push can name any user: a report replaces the entry of a user the cache
+        holds, or fills free room, but never evicts another user's fresh entry (spec §7); one
+        not cached is read from the upstream when asked for.
+
         Without the time WhatsApp detected it, the time the gateway learned of it stands in.
         """
         route = self._routes.resolve(sender)
@@ -326,7 +330,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         response.cache_hit = True
         key = route.key(wa_id)
         self._fence.changed(key)
-        await self._store.put(key, response.SerializeToString())
+        await self._store.offer(key, response.SerializeToString())
         self._announce(response.identity, source, now)
 
     async def _watch(

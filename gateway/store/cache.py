@@ -72,6 +72,16 @@ class IdentityCache(Generic[V]):
             if self._on_evict is not None:
                 self._on_evict()
 
+    def offer(self, wa_id: str, value: V) -> bool:
+        """Store ``value`` as :meth:`put` does, but only in place of an entry already held or
+        into free room: never by evicting another. Whether it was stored."""
+        if not self.enabled:
+            return False
+        if wa_id not in self.entries and len(self.entries) >= self.max_entries:
+            return False
+        self.put(wa_id, value)
+        return True
+
     def update(self, wa_id: str, change: Callable[[V], V | None]) -> None:
         """Replace a cached value by ``change(value)`` (keeping its expiry), or drop it on None."""
         entry = self.entries.get(wa_id)
@@ -94,6 +104,10 @@ class IdentityStore(Protocol):
 
     async def get_fresh(self, wa_id: str) -> bytes | None: ...
     async def put(self, wa_id: str, payload: bytes) -> None: ...
+    async def offer(self, wa_id: str, payload: bytes) -> None:
+        """Store like ``put``, but never at the expense of other entries (pushed reports)."""
+        ...
+
     async def update(self, wa_id: str, change: Callable[[bytes], bytes | None]) -> None: ...
     async def invalidate(self, wa_id: str) -> None: ...
 
@@ -109,6 +123,9 @@ class MemoryStore:
 
     async def put(self, wa_id: str, payload: bytes) -> None:
         self.cache.put(wa_id, payload)
+
+    async def offer(self, wa_id: str, payload: bytes) -> None:
+        self.cache.offer(wa_id, payload)
 
     async def update(self, wa_id: str, change: Callable[[bytes], bytes | None]) -> None:
         self.cache.update(wa_id, change)

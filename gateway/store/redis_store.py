@@ -244,6 +244,16 @@ class RedisIdentityStore:
             "put", functools.partial(self._redis.set, self._key(wa_id), payload, px=self._ttl_ms)
         )
 
+    async def offer(self, wa_id: str, payload: bytes) -> None:
+        """Store ``payload`` only in place of an answer already stored (``SET XX``): a report
+        about a user no replica holds inserts nothing, so pushed reports cannot fill Redis."""
+        if not self.enabled:
+            return
+        await self._call(
+            "offer",
+            functools.partial(self._redis.set, self._key(wa_id), payload, px=self._ttl_ms, xx=True),
+        )
+
     async def update(self, wa_id: str, change: Callable[[bytes], bytes | None]) -> None:
         """Replace the stored answer by ``change(answer)``, keeping its remaining TTL, or delete
         it when ``change`` returns None. Nothing happens when nothing is stored.
