@@ -53,10 +53,10 @@ def test_the_bench_smoke_run_measures_every_scenario(tmp_path: Path) -> None:
     assert "cache_hit_vs_bare" in done.stdout
 
 
-def test_a_short_soak_keeps_the_gateway_up_and_every_error_in_the_table() -> None:
+def test_a_short_soak_keeps_the_gateway_up_and_every_error_in_the_table(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "soak.py"), "--duration", "6", "--callers", "8",
-         "--json"],
+         "--json", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=120,
