@@ -33,11 +33,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from aiohttp import web
 
 from gateway.backends.onprem.webhook import IdentityChangeReport, WebhookError, parse_webhook
-from gateway.serving.appserver import AppServer
+from gateway.serving.appserver import AppServer, ListenerLimits
 from gateway.telemetry.logs import RateLimitedLog
 
 __all__ = [
     "MAX_WEBHOOK_BODY_BYTES",
+    "WEBHOOK_LIMITS",
     "OnChanges",
     "WebhookSender",
     "WebhookServer",
@@ -50,6 +51,10 @@ logger = logging.getLogger(__name__)
 MAX_WEBHOOK_BODY_BYTES = 256 * 1024
 # aiohttp waits this long for a handler in flight, then as long again after cancelling it.
 _SHUTDOWN_TIMEOUT = 0.5
+# What the webhook listener lets clients hold (spec §7): 256 connections at most (and never more
+# than a quarter of the process's descriptors), 10 s for a request's headers (and an idle
+# keep-alive), 10 s for its body. A WebhookServer made without limits reads this when made.
+WEBHOOK_LIMITS = ListenerLimits(max_connections=256, header_timeout=10.0, body_timeout=10.0)
 
 
 OnChanges = Callable[[str, list[IdentityChangeReport]], Awaitable[None]]
@@ -181,6 +186,9 @@ class WebhookServer(AppServer):
 
         async with WebhookServer("127.0.0.1", 0, on_changes) as webhooks:
             await client.post(webhooks.url, json={"messages": []})  # url ends in /webhook
+
+    ``limits`` bound its connections and how long a request may take to arrive
+    (:data:`WEBHOOK_LIMITS` unless given); see :mod:`gateway.serving.appserver`.
     """
 
     name = "identity-change webhook"
@@ -194,9 +202,16 @@ class WebhookServer(AppServer):
         senders: Mapping[str, WebhookSender] | None = None,
         default: str | None = "",
         ssl_context: ssl.SSLContext | None = None,
+        limits: ListenerLimits | None = None,
     ) -> None:
         # A short grace: on_changes should be quick, and one that hangs must not hold up a stop.
-        super().__init__(host, port, ssl_context=ssl_context, shutdown_timeout=_SHUTDOWN_TIMEOUT)
+        super().__init__(
+            host,
+            port,
+            ssl_context=ssl_context,
+            shutdown_timeout=_SHUTDOWN_TIMEOUT,
+            limits=limits or WEBHOOK_LIMITS,
+        )
         self._on_changes = on_changes
         self._senders = senders
         self._default = default
