@@ -9,7 +9,6 @@ and ``identity_gateway_cache_backend_bad_values_total`` counts it.
 from __future__ import annotations
 
 import random
-import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -23,7 +22,6 @@ from tests.conftest import Gateway, GatewayFactory, new_wa_id
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server"),
 ]
 
 REDIS_DB = 11  # this file's own database on the machine's Redis, emptied before each test
@@ -101,7 +99,10 @@ async def client() -> AsyncIterator[redis.asyncio.Redis]:
         await client.flushdb()
     except redis.ConnectionError:
         await client.aclose()
-        pytest.skip("no Redis at 127.0.0.1:6379")
+        pytest.fail(
+            "no Redis at 127.0.0.1:6379: start it with `redis-server --daemonize yes` "
+            "(Debian: apt-get install redis-server)"
+        )
     try:
         yield client
     finally:

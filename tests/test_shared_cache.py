@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
 import signal
 import subprocess
 import time
@@ -23,7 +22,6 @@ from tests.test_serve_process import ServeProcess, free_port, serve_process
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server"),
 ]
 
 REDIS_DB = 13  # the tests' own database on the machine's Redis, emptied before each test
@@ -36,7 +34,10 @@ def shared_redis() -> str:
     try:
         client.flushdb()
     except redis.ConnectionError:
-        pytest.skip("no Redis at 127.0.0.1:6379")
+        pytest.fail(
+            "no Redis at 127.0.0.1:6379: start it with `redis-server --daemonize yes` "
+            "(Debian: apt-get install redis-server)"
+        )
     finally:
         client.close()
     return f"redis://127.0.0.1:6379/{REDIS_DB}"
