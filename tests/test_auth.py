@@ -234,3 +234,18 @@ async def test_callers_failing_fast_during_backoff_get_a_retry_delay_and_no_grow
     assert any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in status.details)
     assert "answered" not in status.message
     assert "logs in again in" in status.message
+
+
+async def test_a_login_the_gateway_held_back_is_no_failed_login(clocks: Clocks) -> None:
+    """A login refused by the gateway's own pace never reached WhatsApp: no backoff follows,
+    and the next caller logs in at once."""
+    login = FakeLogin(clocks)
+    login.fail_with = BackendFailure(Failure.PACED, "the next request slot is 1 s away")
+    session = session_for(login, clocks)
+    with pytest.raises(BackendFailure) as held:
+        await session.token()
+    login.fail_with = None
+
+    assert held.value.kind is Failure.PACED
+    assert await session.token() == "token-2"
+    assert login.calls == 2

@@ -570,3 +570,29 @@ async def test_a_huge_error_answer_over_a_real_connection_is_cut_short_and_class
     finally:
         await backend.aclose()
     assert huge_error_server.requests == 2
+
+
+async def test_a_login_is_paced_like_any_other_request() -> None:
+    """Every request that leaves the gateway passes pacing: the login too, so a read that
+    needs one takes two tokens from the bucket."""
+    sent: list[str] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        sent.append(request.url.path)
+        if request.url.path == "/v1/users/login":
+            return httpx.Response(
+                200, json={"users": [{"token": "t", "expires_after": "2099-01-01 00:00:00+00:00"}]}
+            )
+        return httpx.Response(200, json=ONPREM_IDENTITY)
+
+    bucket = TokenBucket(rate=0.001, burst=2)
+    guards = Safeguards(bucket=bucket)
+    http = HttpUpstream(httpx.MockTransport(upstream), base_url=BASE_URL, request_timeout=5.0)
+    backend = OnPremBackend(http, username="gateway", password="secret", safeguards=guards)
+    await backend.get_identity("16315551234", deadline=NO_DEADLINE)
+    with pytest.raises(BackendFailure) as refused:
+        await backend.get_identity("16315551234", deadline=Deadline.after(1.0))
+    await backend.aclose()
+
+    assert sent == ["/v1/users/login", "/v1/contacts/16315551234/identity"]
+    assert refused.value.kind is Failure.PACED  # both tokens went: the login's and the read's

@@ -35,7 +35,7 @@ from gateway.backends.onprem.parse import (
     parse_login,
 )
 from gateway.backends.safeguards import Safeguards
-from gateway.deadline import Deadline
+from gateway.deadline import NO_DEADLINE, Deadline
 from gateway.failures import BackendFailure, clean_title
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,9 @@ class OnPremBackend:
         """``POST /v1/users/login`` with Basic auth; a ``login`` failure on refusal."""
         if self._basic_auth is None:
             raise RuntimeError("login needs a username and password")
+        # A login is a request like any other: it waits its turn in the pace (and honours a
+        # 429's pause), also when it renews the token in the background.
+        await self._guards.pace(NO_DEADLINE)
         answer = await self._upstream.exchange(
             "login", "POST", LOGIN_PATH, _DEFAULT_HEADERS, authorization=self._basic_auth
         )

@@ -25,6 +25,9 @@ from gateway.failures import BackendFailure, Failure
 
 log = logging.getLogger(__name__)
 
+# Failures of a login that was never sent.
+_NOT_SENT = frozenset({Failure.PACED, Failure.RATE_LIMITED, Failure.OVERLOADED})
+
 # A token is renewed this long before it expires, or at half its life when that is sooner.
 RENEW_MARGIN = 300.0
 # A token claiming to live less than this (a skewed clock, say) is used this long anyway: the
@@ -177,7 +180,10 @@ class LoginSession:
         try:
             result = await self._login()
         except BackendFailure as error:
-            self._failed(error)
+            # Held back by the gateway's own pace (or an upstream 429's pause): WhatsApp was not
+            # asked, so the account is not at risk and there is nothing to back off from.
+            if error.http_status is not None or error.kind not in _NOT_SENT:
+                self._failed(error)
             raise
         self._failures = 0
         self._last_error = None
