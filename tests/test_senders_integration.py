@@ -23,7 +23,7 @@ from gateway.app.config import GatewayConfig
 from gateway.app.senders import SenderConfig, Senders
 from gateway.app.server import GatewayServer
 from gateway.backends.safeguards import BreakerState
-from tests.conftest import Outcome, call, new_wa_id
+from tests.conftest import Outcome, call, new_wa_id, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -235,6 +235,8 @@ async def test_watchers_choose_their_senders() -> None:
         watch = running.stub.WatchIdentityChanges(
             identity_pb2.WatchIdentityChangesRequest(wa_ids=[wa_id], senders=[SECOND])
         )
+        # The watch exists once the server has registered it: only then do the reports go.
+        assert await wait_until(lambda: running.server.changes.watchers == 1)
         for sender in (FIRST, SECOND):
             report = identity_pb2.ReportIdentityChangeRequest(wa_id=wa_id, hash=NEW, sender=sender)
             assert (await call(running.stub.ReportIdentityChange, report)).ok

@@ -141,33 +141,14 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Ga
     )
 
 
-# What would describe a flag-mode sender beside a senders file: refused with --senders.
-_FLAG_MODE_SETTINGS = (
-    "upstream-url",
-    "upstream-username",
-    "upstream-password-file",
-    "upstream-token-file",
-    "upstream-ca-file",
-    "upstream-insecure",
-    "webhook-secret-file",
-)
-_FLAG_MODE_SECRETS = ("upstream-password", "upstream-token", "webhook-secret")
-
-
 def _refuse_flag_mode_sender(values: Mapping[str, object], environ: Mapping[str, str]) -> None:
-    for flag in _FLAG_MODE_SETTINGS:
+    """With --senders, refuse what would describe flag mode's sender, before any file is read."""
+    for flag in settings.FLAG_MODE_ONLY:
         if values[flag] not in (None, False, ""):
-            _conflict(f"--{flag} (or {env_name(flag)})")
-    for secret in _FLAG_MODE_SECRETS:
+            raise settings.flag_mode_conflict(f"--{flag} (or {env_name(flag)})")
+    for secret, _ in settings.SECRET_VARIABLES:
         if environ.get(env_name(secret)):
-            _conflict(env_name(secret))
-
-
-def _conflict(given: str) -> NoReturn:
-    raise ConfigError(
-        f"--senders and {given} do not go together: with --senders, each sender's connection "
-        "and secrets are in the senders file"
-    )
+            raise settings.flag_mode_conflict(env_name(secret))
 
 
 def _secret(path: object, environ: Mapping[str, str], variable: str) -> str | None:

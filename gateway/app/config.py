@@ -62,6 +62,8 @@ class GatewayConfig:
     webhook_tls_cert: Path | None = None
     webhook_tls_key: Path | None = None
     senders: Senders | None = None  # from --senders; None: flag mode
+    # The senders served (resolved_senders), derived once from the fields above.
+    _served: Senders = dataclasses.field(init=False, repr=False, compare=False)
     authz_policy: Policy | None = None  # caller authorization; None = every caller allowed
     shutdown_grace: float = _d("shutdown-grace")
     reflection: bool = _d("reflection")
@@ -69,6 +71,7 @@ class GatewayConfig:
     reuse_port: bool = False  # set for each of several workers sharing the port
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "_served", self.senders or self._flag_mode_sender())
         if self.senders is None:
             self._check_upstream_url()
             self._check_credentials()
@@ -82,8 +85,9 @@ class GatewayConfig:
 
     def resolved_senders(self) -> Senders:
         """The senders served: the file's, or flag mode's one On-Premises sender (no number)."""
-        if self.senders is not None:
-            return self.senders
+        return self._served
+
+    def _flag_mode_sender(self) -> Senders:
         single = SenderConfig(
             number="",
             backend=ONPREM,
@@ -106,28 +110,16 @@ class GatewayConfig:
         )
 
     def _check_no_flag_mode_sender(self) -> None:
-        """With --senders, the connection and credential flags would describe a second,
+        """With --senders, the connection and credential settings would describe a second,
         nameless sender: refuse them rather than guess."""
-        given = {
-            "--upstream-url": bool(self.upstream_url),
-            "--upstream-username": self.upstream_username is not None,
-            "IDENTITY_GATEWAY_UPSTREAM_PASSWORD (or --upstream-password-file)": (
-                self.upstream_password is not None
-            ),
-            "IDENTITY_GATEWAY_UPSTREAM_TOKEN (or --upstream-token-file)": (
-                self.upstream_token is not None
-            ),
-            "--upstream-ca-file": self.upstream_ca_file is not None,
-            "--upstream-insecure": self.upstream_insecure,
-            "IDENTITY_GATEWAY_WEBHOOK_SECRET (or --webhook-secret-file)": (
-                self.webhook_secret is not None
-            ),
-        }
-        for flag, present in given.items():
-            if present:
-                raise ConfigError(
-                    f"--senders and {flag} do not go together: with --senders, each sender's "
-                    "connection and secrets are in the senders file"
+        for flag in settings.FLAG_MODE_ONLY:
+            setting = settings.BY_FLAG[flag]
+            if setting.in_config and getattr(self, setting.field) not in (None, False, ""):
+                raise settings.flag_mode_conflict(f"--{flag}")
+        for secret, _ in settings.SECRET_VARIABLES:  # their values, from a variable or a file
+            if getattr(self, secret.replace("-", "_")) is not None:
+                raise settings.flag_mode_conflict(
+                    f"{settings.env_name(secret)} (or --{secret}-file)"
                 )
 
     def _check_webhooks(self) -> None:

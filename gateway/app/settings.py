@@ -392,6 +392,26 @@ SECRET_VARIABLES: tuple[tuple[str, str], ...] = (
     ("upstream-token", "the static bearer token itself"),
     ("webhook-secret", "the On-Premises webhook's secret itself (flag mode)"),
 )
+# What describes flag mode's one sender: refused beside --senders (which describes each sender
+# in its file), with every secret variable above.
+FLAG_MODE_ONLY: tuple[str, ...] = (
+    "upstream-url",
+    "upstream-username",
+    "upstream-password-file",
+    "upstream-token-file",
+    "upstream-ca-file",
+    "upstream-insecure",
+    "webhook-secret-file",
+)
+
+
+def flag_mode_conflict(given: str) -> ConfigError:
+    """The error for ``given`` (a flag or variable of :data:`FLAG_MODE_ONLY` or
+    :data:`SECRET_VARIABLES`) beside ``--senders``."""
+    return ConfigError(
+        f"--senders and {given} do not go together: with --senders, each sender's connection "
+        "and secrets are in the senders file"
+    )
 
 
 def default(flag: str) -> Any:

@@ -180,18 +180,16 @@ class HttpUpstream:
         """A success's whole body (``BAD_ANSWER`` beyond the cap); an error's first bytes."""
         if not 200 <= response.status_code < 300:
             return await _read_prefix(response, MAX_ERROR_BODY_BYTES)
-        too_large = f"answer larger than {MAX_RESPONSE_BYTES} bytes"
         declared = response.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
-            raise self.bad_answer(too_large, response.status_code)
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > MAX_RESPONSE_BYTES:
-                raise self.bad_answer(too_large, response.status_code)
-            chunks.append(chunk)
-        return b"".join(chunks)
+        too_large = (
+            declared is not None and declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES
+        )
+        body = b"" if too_large else await _read_prefix(response, MAX_RESPONSE_BYTES + 1)
+        if too_large or len(body) > MAX_RESPONSE_BYTES:
+            raise self.bad_answer(
+                f"answer larger than {MAX_RESPONSE_BYTES} bytes", response.status_code
+            )
+        return body
 
 
 async def _read_prefix(response: httpx.Response, limit: int) -> bytes:

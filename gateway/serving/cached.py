@@ -18,6 +18,7 @@ from google.protobuf.message import DecodeError
 from whatsapp.identity.v1 import identity_pb2
 
 from gateway.identifiers import is_identity_hash
+from gateway.serving.routes import split_key
 
 # A real cached answer is about 100 bytes (a 128-character hash at most, two timestamps, two
 # numbers); anything much larger is not one, and is not worth parsing.
@@ -25,15 +26,15 @@ MAX_CACHED_ANSWER_BYTES: Final = 4096
 
 
 def trustworthy(key: str, payload: bytes) -> bool:
-    """Whether ``payload`` is a cached answer for ``key``: ``"<sender>:<wa_id>"``, or the bare
-    wa_id of flag mode's sender (:func:`gateway.serving.routes.key_prefix`)."""
+    """Whether ``payload`` is a cached answer for ``key`` (:func:`gateway.serving.routes.
+    cache_key`: ``"<sender>:<wa_id>"``, or the bare wa_id of flag mode's sender)."""
     if not payload or len(payload) > MAX_CACHED_ANSWER_BYTES:
         return False
     try:
         answer = identity_pb2.GetIdentityResponse.FromString(payload)
     except DecodeError:
         return False
-    sender, _, wa_id = key.rpartition(":")  # a wa_id is digits: the last colon ends the prefix
+    sender, wa_id = split_key(key)
     identity = answer.identity
     return (
         answer.cache_hit

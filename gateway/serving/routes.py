@@ -25,6 +25,18 @@ def key_prefix(number: str) -> str:
     return f"{number}:" if number else ""
 
 
+def cache_key(number: str, wa_id: str) -> str:
+    """The cache, single-flight and fence key of ``wa_id`` through sender ``number``."""
+    return key_prefix(number) + wa_id
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """``(sender, wa_id)`` of a :func:`cache_key` (a wa_id is digits: the last colon ends the
+    prefix)."""
+    number, _, wa_id = key.rpartition(":")
+    return number, wa_id
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Route:
     """One sender: its number (empty in flag mode), its backend and its cache keys."""

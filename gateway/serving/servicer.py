@@ -34,7 +34,7 @@ from gateway.serving.authz import Authorizer, Caller, PermissionDenied, audit_ac
 from gateway.serving.decoding import Undecodable, decoder
 from gateway.serving.hit_path import CacheHitPath
 from gateway.serving.journal import JournalEntry, RpcJournal
-from gateway.serving.routes import Route, Routes, key_prefix
+from gateway.serving.routes import Route, Routes, cache_key
 from gateway.serving.status import Reason, rule_for, to_status
 from gateway.serving.validation import normalize_wa_id, validate_acknowledge, validate_get
 from gateway.store.cache import IdentityStore
@@ -126,7 +126,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         # does; it is known a pub/sub hop later.
         self.changes.on_remote_change(
             lambda change: self._fence.changed(
-                key_prefix(change.identity.sender) + change.identity.wa_id
+                cache_key(change.identity.sender, change.identity.wa_id)
             )
         )
         self._in_flight = 0
